@@ -1,0 +1,1 @@
+"""Triton kernels of sttr_fast, installed as ``sttr_fast.kernels``."""

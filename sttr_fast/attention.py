@@ -1,0 +1,99 @@
+"""ST-TR's two self-attention units (spec §4, §5); the attention core runs on a chosen backend."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .checks import check_input
+
+
+def joint_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm1d over (N', C*V, T) with feature index c*V + v, returned as (N', C, T, V)."""
+    n, c, t, v = x.shape
+    return bn(x.transpose(2, 3).reshape(n, c * v, t)).view(n, c, v, t).transpose(2, 3)
+
+
+class ProjectionShortcut(nn.Module):
+    """1x1 convolution with temporal stride, BatchNorm, ReLU (the authors' ``down``/``down1``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, stride=(stride, 1))
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+def _head_split(module: str, channels: int, num_heads: int) -> tuple[int, int]:
+    dk, dv = int(0.25 * channels), channels
+    if num_heads < 1 or dk < num_heads or dk % num_heads or dv % num_heads:
+        raise ValueError(f"{module}: {channels} output channels give dk={dk}, dv={dv}, which "
+                         f"num_heads={num_heads} must divide (choose channels divisible by 4*num_heads)")
+    return dk, dv
+
+
+class SpatialSelfAttention(nn.Module):
+    """SSA: every frame's joints attend to each other. Input/output (N', C, T, V)."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_heads: int = 8,
+                 drop_attention: float = 0.5, backend: str = "auto", num_joints: int = 25):
+        super().__init__()
+        self.dk, self.dv = _head_split("SpatialSelfAttention", out_channels, num_heads)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.num_heads, self.num_joints = num_heads, num_joints
+        self.drop_attention, self.backend = drop_attention, backend
+        self.input_bn = nn.BatchNorm1d(in_channels * num_joints)
+        self.qkv = nn.Conv2d(in_channels, 2 * self.dk + self.dv, 1)
+        self.out_proj = nn.Conv2d(self.dv, self.dv, 1)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, "NCTV", {1: self.in_channels, 3: self.num_joints})
+        qkv = self.qkv(joint_batch_norm(self.input_bn, x))
+        attended = ops.spatial_attention(qkv, self.num_heads, self.dk, self.dv,
+                                         p=self.drop_attention if self.training else 0.0,
+                                         backend=self.backend)
+        out = self.out_proj(attended)
+        if self.in_channels == self.out_channels:
+            out = out + x
+        return F.relu(self.bn(out))
+
+
+class TemporalSelfAttention(nn.Module):
+    """TSA: every joint's frames attend to each other; stride 2 pairs consecutive frames.
+
+    Input (N', C, T, V), output (N', C, T / stride, V).
+    """
+
+    def __init__(self, channels: int, stride: int = 1, num_heads: int = 8,
+                 drop_attention: float = 0.5, backend: str = "auto", num_joints: int = 25):
+        super().__init__()
+        if stride < 1:
+            raise ValueError(f"TemporalSelfAttention: stride must be >= 1, got {stride}")
+        self.dk, self.dv = _head_split("TemporalSelfAttention", channels, num_heads)
+        self.channels, self.stride = channels, stride
+        self.num_heads, self.num_joints = num_heads, num_joints
+        self.drop_attention, self.backend = drop_attention, backend
+        self.input_bn = nn.BatchNorm1d(channels * num_joints)
+        # The authors convolve (N'*V, C, 1, T) tokens with a (1, stride) kernel; the forward applies
+        # the same weights as a (stride, 1) kernel to (N', C, T, V), which needs no permute copy.
+        self.qkv = nn.Conv2d(channels, 2 * self.dk + self.dv, (1, stride), stride=(1, stride))
+        self.out_proj = nn.Conv2d(self.dv, self.dv, 1)
+        self.down = ProjectionShortcut(channels, channels, stride) if stride != 1 else None
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, "NCTV", {1: self.channels, 3: self.num_joints})
+        if x.shape[2] % self.stride:
+            raise ValueError(f"TemporalSelfAttention: T={x.shape[2]} frames must be divisible by "
+                             f"stride={self.stride}")
+        qkv = F.conv2d(joint_batch_norm(self.input_bn, x), self.qkv.weight.transpose(2, 3),
+                       self.qkv.bias, stride=(self.stride, 1))
+        attended = ops.temporal_attention(qkv, self.num_heads, self.dk, self.dv,
+                                          p=self.drop_attention if self.training else 0.0,
+                                          backend=self.backend)
+        out = self.out_proj(attended) + (x if self.down is None else self.down(x))
+        return F.relu(self.bn(out))

@@ -1,0 +1,159 @@
+"""Import of the authors' ST-TR checkpoints, and atomic checkpoint writing."""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .model import STTR
+
+# The authors' module names -> sttr_fast's. Prefix rules pick the block, then the inner renames
+# apply to the rest of the key; a key no prefix rule matches is unknown.
+_PREFIX_RULES = (
+    (re.compile(r"^data_bn\.(.+)$"), r"data_bn.\1"),
+    (re.compile(r"^gcn0\.(.+)$"), r"stem.spatial.\1"),
+    (re.compile(r"^tcn0\.(.+)$"), r"stem.temporal.\1"),
+    (re.compile(r"^backbone\.(\d+)\.gcn1\.(.+)$"), r"units.\1.spatial.\2"),
+    (re.compile(r"^backbone\.(\d+)\.tcn1\.(.+)$"), r"units.\1.temporal.\2"),
+    (re.compile(r"^backbone\.(\d+)\.down1\.(.+)$"), r"units.\1.shortcut.\2"),
+    (re.compile(r"^fcn\.(.+)$"), r"classifier.\1"),
+)
+_INNER_RENAMES = (
+    (re.compile(r"\.conv_list\."), ".convs."),
+    (re.compile(r"\.attention_conv\.qkv_conv\."), ".qkv."),
+    (re.compile(r"\.attention_conv\.attn_out\."), ".out_proj."),
+    (re.compile(r"\.qkv_conv\."), ".qkv."),
+    (re.compile(r"\.attn_out\."), ".out_proj."),
+    (re.compile(r"^(units\.\d+\.(spatial|temporal))\.data_bn\."), r"\1.input_bn."),
+)
+# Present in the authors' state_dict but never used by their forward pass.
+_UNUSED_PREFIXES = ("person_bn.",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message lists every problem."""
+
+
+def official_key_to_sttr(key: str) -> str | None:
+    """The sttr_fast name of one of the authors' parameter keys, or None if it is not theirs."""
+    for pattern, replacement in _PREFIX_RULES:
+        if pattern.match(key):
+            renamed = pattern.sub(replacement, key)
+            for inner, inner_replacement in _INNER_RENAMES:
+                renamed = inner.sub(inner_replacement, renamed)
+            return renamed
+    return None
+
+
+def read_state_dict(source, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A state_dict from a dict or a ``.pt`` path: bare, or under ``model``/``state_dict``,
+    with DataParallel's ``module.`` prefixes removed."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"{what} {path} does not exist or is not a file")
+        try:
+            source = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many types for truncated or foreign files
+            raise CheckpointError(f"{what} {path} could not be read as a torch checkpoint: "
+                                  f"{type(error).__name__}: {error}") from error
+        what = f"{what} {path}"
+    if not isinstance(source, dict):
+        raise CheckpointError(f"{what} holds a {type(source).__name__}, expected a state_dict")
+    for wrapper in ("model", "state_dict"):
+        if isinstance(source.get(wrapper), dict):
+            source = source[wrapper]
+            break
+    state = {}
+    for key, value in source.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{what}: entry {key!r} is a {type(value).__name__}, "
+                                  "expected a tensor")
+        state[key.removeprefix("module.")] = value
+    return state
+
+
+def official_model_config(state: dict[str, torch.Tensor]) -> dict:
+    """The ``STTR`` keyword arguments that the authors' state_dict was trained with."""
+    needed = ("gcn0.conv_list.0.weight", "gcn0.mask", "data_bn.weight", "fcn.weight")
+    absent = [key for key in needed if key not in state]
+    if absent:
+        raise CheckpointError(f"not an ST-TR state_dict in the authors' layout: missing {absent}")
+    base_channels, in_channels = state["gcn0.conv_list.0.weight"].shape[:2]
+    num_point = state["gcn0.mask"].shape[-1]
+    num_person, remainder = divmod(state["data_bn.weight"].numel(), in_channels * num_point)
+    if remainder or num_person < 1:
+        raise CheckpointError(f"data_bn.weight has {state['data_bn.weight'].numel()} features, "
+                              f"not a multiple of in_channels*joints = {in_channels * num_point}")
+    if any(".attention_conv." in key for key in state):
+        stream = "spatial"
+    elif any(re.match(r"^backbone\.\d+\.tcn1\.qkv_conv\.", key) for key in state):
+        stream = "temporal"
+    else:
+        raise CheckpointError("the state_dict has neither spatial (gcn1.attention_conv) nor "
+                              "temporal (tcn1.qkv_conv) attention weights")
+    return dict(num_classes=state["fcn.weight"].shape[0], stream=stream, in_channels=in_channels,
+                base_channels=base_channels, num_point=num_point, num_person=num_person)
+
+
+def convert_official_state_dict(source) -> dict[str, torch.Tensor]:
+    """Map the authors' ST-TR state_dict (a dict or a ``.pt`` path) to ``STTR``'s names.
+
+    Drops the unused ``person_bn``. Raises CheckpointError listing every unknown, missing or
+    mis-shaped key at once.
+    """
+    state = read_state_dict(source, "official checkpoint")
+    config = official_model_config(state)
+    with torch.device("meta"):
+        expected = STTR(**config).state_dict()
+    converted, provided, unknown, misshaped = {}, set(), [], []
+    for key, value in state.items():
+        if key.startswith(_UNUSED_PREFIXES):
+            continue
+        target = official_key_to_sttr(key)
+        if target is None or target not in expected:
+            unknown.append(key)
+            continue
+        provided.add(target)
+        if target == "classifier.weight" and value.dim() == 3 and value.shape[-1] == 1:
+            value = value[..., 0]  # the authors' classifier is a Conv1d with kernel size 1
+        if value.shape != expected[target].shape:
+            misshaped.append(f"{key}: {tuple(value.shape)} where {target} needs "
+                             f"{tuple(expected[target].shape)}")
+            continue
+        converted[target] = value
+    missing = [key for key in expected if key not in provided]
+    problems = ([f"unknown key {key}" for key in unknown]
+                + [f"missing key for {key}" for key in missing]
+                + [f"mis-shaped {entry}" for entry in misshaped])
+    if problems:
+        raise CheckpointError(f"cannot convert the official ST-TR state_dict ({config['stream']} "
+                              f"stream, {config['in_channels']} channels): " + "; ".join(problems))
+    return converted
+
+
+def load_official_checkpoint(source, **overrides) -> STTR:
+    """Build the ``STTR`` an official checkpoint describes and load it strictly."""
+    state = read_state_dict(source, "official checkpoint")
+    model = STTR(**{**official_model_config(state), **overrides})
+    model.load_state_dict(convert_official_state_dict(state), strict=True)
+    return model
+
+
+def save_atomic(obj, path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,151 @@
+"""The ST-TR network (spec/STTR.md): one implementation for both streams and every backend."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import ProjectionShortcut, SpatialSelfAttention, TemporalSelfAttention
+from .checks import check_input
+from .graph import Graph, ntu_graph
+
+STREAMS = ("spatial", "temporal")
+
+
+class GraphConvolution(nn.Module):
+    """ST-GCN graph convolution over 3 adjacency subsets with a learnable mask, then BN and ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, adjacency: torch.Tensor):
+        super().__init__()
+        # Fixed by the graph, so not part of the state_dict (the authors' has no such key).
+        self.register_buffer("adjacency", adjacency.clone(), persistent=False)
+        self.mask = nn.Parameter(torch.ones_like(adjacency))
+        self.convs = nn.ModuleList(nn.Conv2d(in_channels, out_channels, 1)
+                                   for _ in range(adjacency.shape[0]))
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, t, v = x.shape
+        subsets = self.adjacency * self.mask
+        # sum_k W_k (x A_k) + b_k as one convolution over the K stacked products.
+        mixed = torch.einsum("nctv,kvw->nkctw", x, subsets.to(x.dtype)).reshape(n, -1, t, v)
+        weight = torch.cat([conv.weight for conv in self.convs], dim=1)
+        bias = torch.stack([conv.bias for conv in self.convs]).sum(0)
+        return F.relu(self.bn(F.conv2d(mixed, weight, bias)))
+
+
+class TemporalConvolution(nn.Module):
+    """Dropout, (9, 1) convolution over time with stride, BN, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dropout: float = 0.0,
+                 kernel_size: int = 9):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.conv = nn.Conv2d(in_channels, out_channels, (kernel_size, 1),
+                              padding=((kernel_size - 1) // 2, 0), stride=(stride, 1))
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(self.dropout(x))))
+
+
+class Unit(nn.Module):
+    """``temporal(spatial(x)) + shortcut(x)``; no activation after the sum, no sum without shortcut."""
+
+    def __init__(self, spatial: nn.Module, temporal: nn.Module, shortcut: nn.Module | None):
+        super().__init__()
+        self.spatial, self.temporal, self.shortcut = spatial, temporal, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.temporal(self.spatial(x))
+        return out if self.shortcut is None else out + self.shortcut(x)
+
+
+class STTR(nn.Module):
+    """ST-TR. ``stream="spatial"`` is S-TR (SSA in units 3-8), ``"temporal"`` is T-TR (TSA there).
+
+    Input (N, C, T, V, M) with T divisible by 4; output raw logits (N, num_classes).
+    Joints: ``in_channels=3, base_channels=64``; joints+bones: ``in_channels=6, base_channels=128``.
+    """
+
+    def __init__(self, num_classes: int = 60, stream: str = "spatial", in_channels: int = 3,
+                 base_channels: int = 64, num_point: int = 25, num_person: int = 2,
+                 drop_attention: float = 0.5, dropout: float = 0.5, backend: str = "auto",
+                 graph: Graph | None = None, num_heads: int = 8):
+        super().__init__()
+        if stream not in STREAMS:
+            raise ValueError(f"STTR: stream must be one of {STREAMS}, got {stream!r}")
+        if graph is None:
+            if num_point != 25:
+                raise ValueError(f"STTR: num_point={num_point} needs a graph (sttr_fast.Graph); "
+                                 "the built-in NTU graph has 25 joints")
+            graph = ntu_graph()
+        elif graph.num_joints != num_point:
+            raise ValueError(f"STTR: graph has {graph.num_joints} joints but num_point={num_point}")
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                            ("base_channels", base_channels), ("num_person", num_person)):
+            if value < 1:
+                raise ValueError(f"STTR: {name} must be positive, got {value}")
+        self.stream, self.in_channels, self.num_classes = stream, in_channels, num_classes
+        self.num_point, self.num_person = num_point, num_person
+        adjacency = graph.spatial_adjacency()
+
+        def gcn(cin, cout):
+            return GraphConvolution(cin, cout, adjacency)
+
+        def tcn(cin, cout, stride=1):
+            return TemporalConvolution(cin, cout, stride, dropout)
+
+        def ssa(cin, cout):
+            return SpatialSelfAttention(cin, cout, num_heads, drop_attention, backend, num_point)
+
+        def tsa(channels, stride=1):
+            return TemporalSelfAttention(channels, stride, num_heads, drop_attention, backend,
+                                         num_point)
+
+        def attention_unit(cin, cout, stride):
+            shortcut = ProjectionShortcut(cin, cout, stride) if cin != cout or stride != 1 else nn.Identity()
+            if stream == "spatial":
+                return Unit(ssa(cin, cout), tcn(cout, cout, stride), shortcut)
+            return Unit(gcn(cin, cout), tsa(cout, stride), shortcut)
+
+        c1, c2, c3 = base_channels, 2 * base_channels, 4 * base_channels
+        self.data_bn = nn.BatchNorm1d(num_person * num_point * in_channels)
+        self.stem = Unit(gcn(in_channels, c1), TemporalConvolution(c1, c1, 1, 0.0), None)
+        # The raw coordinates are concatenated to the features before unit 3 (concat_original).
+        self.units = nn.ModuleList(
+            [Unit(gcn(c1, c1), tcn(c1, c1), nn.Identity()) for _ in range(3)]
+            + [attention_unit(c1 + in_channels, c2, 2), attention_unit(c2, c2, 1),
+               attention_unit(c2, c2, 1), attention_unit(c2, c3, 2), attention_unit(c3, c3, 1),
+               attention_unit(c3, c3, 1)])
+        self.classifier = nn.Linear(c3, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        attention_convs = {id(m) for a in self.modules()
+                           if isinstance(a, (SpatialSelfAttention, TemporalSelfAttention))
+                           for m in (a.qkv, a.out_proj)}
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and id(module) not in attention_convs:
+                fan_out = module.weight.shape[0] * math.prod(module.weight.shape[2:])
+                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, "NCTVM", {1: self.in_channels, 3: self.num_point, 4: self.num_person})
+        n, c, t, v, m = x.shape
+        if t % 4:
+            raise ValueError(f"STTR: T={t} frames must be divisible by 4 (two stride-2 units)")
+        features = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t))
+        h = features.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)
+        original = x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v)
+        h = self.stem(h)
+        for index, unit in enumerate(self.units):
+            if index == 3:
+                h = torch.cat([h, original], dim=1)
+            h = unit(h)
+        # Mean over joints, then persons (absent ones included), then frames.
+        pooled = h.mean(dim=3).view(n, m, h.shape[1], h.shape[2]).mean(dim=1).mean(dim=2)
+        return self.classifier(pooled)

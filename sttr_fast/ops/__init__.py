@@ -1,0 +1,112 @@
+"""The attention cores of ST-TR's two self-attention units, one function each, backend chosen per call.
+
+``qkv`` is the output of the unit's qkv projection, ``(N', 2*dk + dv, T, V)``, channels
+``[q | k | v]`` with heads as contiguous channel chunks. The result is ``(N', dv, T, V)``, heads
+concatenated head-major. ``p`` is DropAttention's drop probability (pass 0 in eval mode);
+``key_mask`` (reference backend only) replaces the random mask with a given boolean keep-mask.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from .reference import drop_attention, sample_key_mask
+
+__all__ = ["spatial_attention", "temporal_attention", "available_backends", "drop_attention",
+           "sample_key_mask"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def available_backends() -> list[str]:
+    """Backends that can run on this machine; ``"auto"`` picks the best of them per device."""
+    return list(_SPATIAL_CORES)
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "reference"
+    if backend not in available_backends():
+        raise ValueError(f"unknown or unavailable attention backend {backend!r}; "
+                         f"expected 'auto' or one of {available_backends()}")
+    return backend
+
+
+def _use_sdpa(device: torch.device) -> bool:
+    # Without DropAttention the core is plain softmax attention. On the CPU, SDPA's flash kernel
+    # never materialises the L x L probabilities; bench/bench_reference_core.py measures the choice.
+    return device.type == "cpu"
+
+
+def _check_qkv(op: str, qkv, num_heads: int, dk: int, dv: int, p: float) -> None:
+    if not isinstance(qkv, torch.Tensor):
+        raise ValueError(f"{op}: qkv must be a torch.Tensor, got {type(qkv).__name__}")
+    if qkv.dim() != 4:
+        raise ValueError(f"{op}: qkv must be 4-D (N', 2*dk + dv, T, V), got shape {tuple(qkv.shape)}")
+    if qkv.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{op}: qkv must be float16, bfloat16, float32 or float64, got {qkv.dtype}")
+    if num_heads < 1 or dk < 1 or dv < 1:
+        raise ValueError(f"{op}: num_heads, dk and dv must be positive, got {num_heads}, {dk}, {dv}")
+    if dk % num_heads or dv % num_heads:
+        raise ValueError(f"{op}: dk={dk} and dv={dv} must both be divisible by num_heads={num_heads}")
+    if qkv.shape[1] != 2 * dk + dv:
+        raise ValueError(f"{op}: qkv must have 2*dk + dv = {2 * dk + dv} channels "
+                         f"(dk={dk}, dv={dv}), got {qkv.shape[1]}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: DropAttention probability p must be in [0, 1], got {p}")
+
+
+def _check_key_mask(op: str, key_mask, expected_shape: tuple[int, ...], qkv: torch.Tensor) -> None:
+    if not isinstance(key_mask, torch.Tensor):
+        raise ValueError(f"{op}: key_mask must be a torch.Tensor, got {type(key_mask).__name__}")
+    if tuple(key_mask.shape) != expected_shape:
+        raise ValueError(f"{op}: key_mask must have shape {expected_shape}, got {tuple(key_mask.shape)}")
+    if key_mask.dtype != torch.bool:
+        raise ValueError(f"{op}: key_mask must be a bool tensor, got {key_mask.dtype}")
+    if key_mask.device != qkv.device:
+        raise ValueError(f"{op}: key_mask is on {key_mask.device} but qkv is on {qkv.device}")
+
+
+def _spatial_mask_shape(qkv: torch.Tensor, num_heads: int) -> tuple[int, ...]:
+    n, _, t, v = qkv.shape
+    return (n, t, num_heads, v)
+
+
+def _temporal_mask_shape(qkv: torch.Tensor, num_heads: int) -> tuple[int, ...]:
+    n, _, t, v = qkv.shape
+    return (n, v, num_heads, t)
+
+
+def _attention(op, cores, mask_shape_of, qkv, num_heads, dk, dv, p, key_mask, backend):
+    _check_qkv(op, qkv, num_heads, dk, dv, p)
+    mask_shape = mask_shape_of(qkv, num_heads)
+    if key_mask is not None:
+        _check_key_mask(op, key_mask, mask_shape, qkv)
+    core = cores[_resolve_backend(backend, qkv.device)]
+    if key_mask is None and p > 0:
+        key_mask = sample_key_mask(mask_shape, p, qkv.device)
+    return core(qkv, num_heads, dk, dv, key_mask, use_sdpa=_use_sdpa(qkv.device))
+
+
+_SPATIAL_CORES = {"reference": reference.spatial_attention}
+_TEMPORAL_CORES = {"reference": reference.temporal_attention}
+
+
+def spatial_attention(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, *, p: float = 0.0,
+                      key_mask: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """Self-attention among the V joints of every frame (SSA core).
+
+    Sequences are the (n', t) frames; ``key_mask`` has shape ``(N', T, num_heads, V)``.
+    """
+    return _attention("spatial_attention", _SPATIAL_CORES, _spatial_mask_shape,
+                      qkv, num_heads, dk, dv, p, key_mask, backend)
+
+
+def temporal_attention(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, *, p: float = 0.0,
+                       key_mask: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """Self-attention along the T frames of every joint (TSA core).
+
+    Sequences are the (n', v) joint trajectories; ``key_mask`` has shape ``(N', V, num_heads, T)``.
+    """
+    return _attention("temporal_attention", _TEMPORAL_CORES, _temporal_mask_shape,
+                      qkv, num_heads, dk, dv, p, key_mask, backend)

@@ -1,0 +1,77 @@
+"""Eager PyTorch attention cores: the ground truth every fused backend is tested against.
+
+Both cores read q, k, v as strided views of the qkv projection output ``(N', 2*dk + dv, T, V)``
+(heads are contiguous channel chunks, spec §4) and return the head-concatenated output
+``(N', dv, T, V)``. Only the two transposes that batched matmul needs are materialised.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# The renormalisation epsilon of ST-TR's DropAttention (spec §6); part of the function, not a guard.
+DROP_ATTENTION_EPS = 1e-8
+
+# Axis orders that turn a (N', H, d, T, V) head view into (N', sequence, H, L, d).
+_SPATIAL_ORDER = (0, 3, 1, 4, 2)   # sequences are frames, tokens are joints
+_TEMPORAL_ORDER = (0, 4, 1, 3, 2)  # sequences are joints, tokens are frames
+
+
+def drop_attention(probs: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """ST-TR's DropAttention on softmax probabilities ``(..., L_q, L_k)`` with a key mask ``(..., L_k)``.
+
+    ``P' = (P * m) / (rowsum(P * m) + 1e-8)``: no 1/(1-p) rescaling, and a row whose keys are all
+    dropped becomes exactly zero.
+    """
+    kept = probs * key_mask.unsqueeze(-2).to(probs.dtype)
+    return kept / (kept.sum(dim=-1, keepdim=True) + DROP_ATTENTION_EPS)
+
+
+def sample_key_mask(shape: tuple[int, ...], p: float, device: torch.device,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Boolean keep-mask: each (sequence, head, key) is kept with probability 1 - p."""
+    return torch.rand(shape, device=device, generator=generator) >= p
+
+
+def _head_views(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, order: tuple[int, ...]):
+    n, _, t, v = qkv.shape
+    q = qkv[:, :dk].view(n, num_heads, dk // num_heads, t, v).permute(order)
+    k = qkv[:, dk:2 * dk].view(n, num_heads, dk // num_heads, t, v).permute(order)
+    val = qkv[:, 2 * dk:].view(n, num_heads, dv // num_heads, t, v).permute(order)
+    return q, k, val
+
+
+def _attend(q, k, v, key_mask, use_sdpa: bool):
+    """Attention over the last-but-one axis of (..., L, d) views, with optional DropAttention."""
+    scale = q.shape[-1] ** -0.5
+    if key_mask is None and use_sdpa:
+        # The CPU flash kernel takes 4-D inputs only; a 5-D call falls back to the L x L math path.
+        flat = [x.reshape(-1, *x.shape[-3:]) for x in (q, k, v)]
+        return F.scaled_dot_product_attention(*flat, scale=scale).view(*q.shape[:-1], v.shape[-1])
+    probs = torch.softmax(torch.matmul(q * scale, k.transpose(-1, -2)), dim=-1)
+    if key_mask is not None:
+        probs = drop_attention(probs, key_mask)
+    return torch.matmul(probs, v)
+
+
+def _merge_heads(out: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    """(N', sequence, H, L, dvh) back to the head-concatenated (N', H*dvh, T, V)."""
+    inverse = tuple(order.index(axis) for axis in range(5))
+    merged = out.permute(inverse)  # (N', H, dvh, T, V)
+    n, h, d, t, v = merged.shape
+    return merged.reshape(n, h * d, t, v)
+
+
+def _core(qkv, num_heads, dk, dv, key_mask, use_sdpa, order):
+    q, k, v = _head_views(qkv, num_heads, dk, dv, order)
+    return _merge_heads(_attend(q, k, v, key_mask, use_sdpa), order)
+
+
+def spatial_attention(qkv, num_heads, dk, dv, key_mask=None, use_sdpa=False):
+    """Attention among the V joints of every frame; key_mask is (N', T, H, V) or None."""
+    return _core(qkv, num_heads, dk, dv, key_mask, use_sdpa, _SPATIAL_ORDER)
+
+
+def temporal_attention(qkv, num_heads, dk, dv, key_mask=None, use_sdpa=False):
+    """Attention along the T frames of every joint; key_mask is (N', V, H, T) or None."""
+    return _core(qkv, num_heads, dk, dv, key_mask, use_sdpa, _TEMPORAL_ORDER)
