@@ -32,12 +32,6 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def _use_sdpa(device: torch.device) -> bool:
-    # Without DropAttention the core is plain softmax attention. On the CPU, SDPA's flash kernel
-    # never materialises the L x L probabilities; bench/bench_reference_core.py measures the choice.
-    return device.type == "cpu"
-
-
 def _check_qkv(op: str, qkv, num_heads: int, dk: int, dv: int, p: float) -> None:
     if not isinstance(qkv, torch.Tensor):
         raise ValueError(f"{op}: qkv must be a torch.Tensor, got {type(qkv).__name__}")
@@ -85,7 +79,7 @@ def _attention(op, cores, mask_shape_of, qkv, num_heads, dk, dv, p, key_mask, ba
     core = cores[_resolve_backend(backend, qkv.device)]
     if key_mask is None and p > 0:
         key_mask = sample_key_mask(mask_shape, p, qkv.device)
-    return core(qkv, num_heads, dk, dv, key_mask, use_sdpa=_use_sdpa(qkv.device))
+    return core(qkv, num_heads, dk, dv, key_mask)
 
 
 _SPATIAL_CORES = {"reference": reference.spatial_attention}

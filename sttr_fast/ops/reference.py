@@ -41,9 +41,20 @@ def _head_views(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, order: tupl
     return q, k, val
 
 
-def _attend(q, k, v, key_mask, use_sdpa: bool):
-    """Attention over the last-but-one axis of (..., L, d) views, with optional DropAttention."""
+def _prefer_sdpa(device: torch.device) -> bool:
+    # Without DropAttention the core is plain softmax attention. On the CPU, SDPA's flash kernel
+    # never materialises the L x L probabilities; bench/bench_reference_core.py measures the choice.
+    return device.type == "cpu"
+
+
+def _attend(q, k, v, key_mask, use_sdpa: bool | None):
+    """Attention over the last-but-one axis of (..., L, d) views, with optional DropAttention.
+
+    ``use_sdpa=None`` lets the device decide; SDPA is only ever used without a key mask.
+    """
     scale = q.shape[-1] ** -0.5
+    if use_sdpa is None:
+        use_sdpa = _prefer_sdpa(q.device)
     if key_mask is None and use_sdpa:
         # The CPU flash kernel takes 4-D inputs only; a 5-D call falls back to the L x L math path.
         flat = [x.reshape(-1, *x.shape[-3:]) for x in (q, k, v)]
@@ -67,11 +78,11 @@ def _core(qkv, num_heads, dk, dv, key_mask, use_sdpa, order):
     return _merge_heads(_attend(q, k, v, key_mask, use_sdpa), order)
 
 
-def spatial_attention(qkv, num_heads, dk, dv, key_mask=None, use_sdpa=False):
+def spatial_attention(qkv, num_heads, dk, dv, key_mask=None, use_sdpa=None):
     """Attention among the V joints of every frame; key_mask is (N', T, H, V) or None."""
     return _core(qkv, num_heads, dk, dv, key_mask, use_sdpa, _SPATIAL_ORDER)
 
 
-def temporal_attention(qkv, num_heads, dk, dv, key_mask=None, use_sdpa=False):
+def temporal_attention(qkv, num_heads, dk, dv, key_mask=None, use_sdpa=None):
     """Attention along the T frames of every joint; key_mask is (N', V, H, T) or None."""
     return _core(qkv, num_heads, dk, dv, key_mask, use_sdpa, _TEMPORAL_ORDER)
