@@ -1,0 +1,240 @@
+"""The reference attention cores and DropAttention (spec §4-§6), and input validation."""
+import re
+
+import pytest
+import torch
+
+from sttr_fast import STTR, SpatialSelfAttention, TemporalSelfAttention, ops
+from sttr_fast.ops import reference
+
+EPS = 1e-8
+
+
+def explicit_heads(tokens, key_mask, num_heads, dk, dv):
+    """Spec §6 written out: a = exp(s - max s) over all keys, out = sum(m a v) / (K + 1e-8 L).
+
+    tokens (B, 2*dk + dv, L), key_mask (B, H, L) or None -> (B, dv, L).
+    """
+    dkh, dvh = dk // num_heads, dv // num_heads
+    outputs = []
+    for h in range(num_heads):
+        q = tokens[:, h * dkh:(h + 1) * dkh].transpose(1, 2)
+        k = tokens[:, dk + h * dkh:dk + (h + 1) * dkh].transpose(1, 2)
+        v = tokens[:, 2 * dk + h * dvh:2 * dk + (h + 1) * dvh].transpose(1, 2)
+        s = q @ k.transpose(1, 2) * dkh ** -0.5
+        a = torch.exp(s - s.amax(dim=-1, keepdim=True))
+        total = a.sum(-1, keepdim=True)
+        if key_mask is None:
+            out = (a @ v) / total
+        else:
+            kept = a * key_mask[:, h, None, :].to(a.dtype)
+            out = (kept @ v) / (kept.sum(-1, keepdim=True) + EPS * total)
+        outputs.append(out.transpose(1, 2))
+    return torch.cat(outputs, dim=1)
+
+
+def explicit_spatial(qkv, key_mask, num_heads, dk, dv):
+    n, c, t, v = qkv.shape
+    tokens = qkv.permute(0, 2, 1, 3).reshape(n * t, c, v)
+    mask = None if key_mask is None else key_mask.reshape(n * t, num_heads, v)
+    return explicit_heads(tokens, mask, num_heads, dk, dv).reshape(n, t, dv, v).permute(0, 2, 1, 3)
+
+
+def explicit_temporal(qkv, key_mask, num_heads, dk, dv):
+    n, c, t, v = qkv.shape
+    tokens = qkv.permute(0, 3, 1, 2).reshape(n * v, c, t)
+    mask = None if key_mask is None else key_mask.reshape(n * v, num_heads, t)
+    return explicit_heads(tokens, mask, num_heads, dk, dv).reshape(n, v, dv, t).permute(0, 2, 3, 1)
+
+
+OPS = {
+    "spatial": (ops.spatial_attention, explicit_spatial, lambda n, t, h, v: (n, t, h, v)),
+    "temporal": (ops.temporal_attention, explicit_temporal, lambda n, t, h, v: (n, v, h, t)),
+}
+SHAPES = [  # (N', T, V, heads, dkh, dvh)
+    (2, 5, 25, 8, 2, 4),
+    (3, 7, 11, 2, 1, 3),
+    (1, 13, 4, 1, 5, 2),
+]
+
+
+def random_qkv(n, t, v, heads, dkh, dvh, dtype=torch.float64, generator=None):
+    dk, dv = heads * dkh, heads * dvh
+    return torch.randn(n, 2 * dk + dv, t, v, dtype=dtype, generator=generator) * 2, dk, dv
+
+
+@pytest.mark.parametrize("kind", OPS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_drop_attention_equals_the_explicit_formula(kind, shape):
+    op, explicit, mask_shape = OPS[kind]
+    generator = torch.Generator().manual_seed(sum(shape))
+    qkv, dk, dv = random_qkv(*shape, generator=generator)
+    n, t, v, heads = shape[:4]
+    mask = torch.rand(mask_shape(n, t, heads, v), generator=generator) < 0.5
+    out = op(qkv, heads, dk, dv, key_mask=mask, backend="reference")
+    torch.testing.assert_close(out, explicit(qkv, mask, heads, dk, dv), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", OPS)
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_without_drop_attention_it_is_plain_softmax_attention(kind, use_sdpa):
+    _, explicit, _ = OPS[kind]
+    core = getattr(reference, f"{kind}_attention")
+    qkv, dk, dv = random_qkv(2, 6, 25, 8, 2, 4, generator=torch.Generator().manual_seed(5))
+    out = core(qkv, 8, dk, dv, key_mask=None, use_sdpa=use_sdpa)
+    torch.testing.assert_close(out, explicit(qkv, None, 8, dk, dv), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_p_zero_is_plain_softmax_through_the_op(kind):
+    op, explicit, _ = OPS[kind]
+    qkv, dk, dv = random_qkv(2, 6, 9, 4, 2, 3, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(op(qkv, 4, dk, dv, p=0.0), explicit(qkv, None, 4, dk, dv),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_all_keys_dropped_gives_zero_and_finite_gradients(kind):
+    op, _, mask_shape = OPS[kind]
+    qkv, dk, dv = random_qkv(2, 5, 7, 2, 2, 3, generator=torch.Generator().manual_seed(1))
+    qkv.requires_grad_(True)
+    mask = torch.ones(mask_shape(2, 5, 2, 7), dtype=torch.bool)
+    if kind == "spatial":
+        mask[1, 3] = False       # every joint of one frame, both heads
+    else:
+        mask[0, 4, 1] = False    # every frame of one joint, head 1
+    out = op(qkv, 2, dk, dv, key_mask=mask)
+    dropped = out[1, :, 3] if kind == "spatial" else out[0, 3:, :, 4]
+    assert torch.equal(dropped, torch.zeros_like(dropped))
+    assert torch.isfinite(out).all()
+    out.square().sum().backward()
+    assert torch.isfinite(qkv.grad).all()
+    assert qkv.grad.abs().sum() > 0
+    p_one = op(qkv.detach(), 2, dk, dv, p=1.0)
+    assert torch.equal(p_one, torch.zeros_like(p_one))
+
+
+def test_drop_attention_function_renormalises_kept_keys():
+    generator = torch.Generator().manual_seed(2)
+    probs = torch.softmax(torch.randn(4, 3, 6, 6, dtype=torch.float64, generator=generator), -1)
+    mask = torch.rand(4, 3, 6, generator=generator) < 0.6
+    out = ops.drop_attention(probs, mask)
+    kept = probs * mask[:, :, None, :]
+    torch.testing.assert_close(out, kept / (kept.sum(-1, keepdim=True) + EPS), rtol=0, atol=0)
+    assert torch.all(out[~mask[:, :, None, :].expand_as(out)] == 0)
+
+
+def test_key_mask_keeps_one_minus_p_and_follows_the_seed():
+    torch.manual_seed(11)
+    mask = ops.sample_key_mask((200, 8, 100), 0.3, torch.device("cpu"))
+    assert mask.dtype == torch.bool
+    assert abs(mask.float().mean().item() - 0.7) < 0.01
+    qkv, dk, dv = random_qkv(2, 6, 25, 8, 2, 4)
+    torch.manual_seed(4)
+    first = ops.spatial_attention(qkv, 8, dk, dv, p=0.5)
+    torch.manual_seed(4)
+    again = ops.spatial_attention(qkv, 8, dk, dv, p=0.5)
+    different = ops.spatial_attention(qkv, 8, dk, dv, p=0.5)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, different)
+
+
+@pytest.mark.parametrize("kind", OPS)
+@pytest.mark.parametrize("masked,use_sdpa", [(True, False), (False, False), (False, True)])
+def test_gradcheck_reference_cores(kind, masked, use_sdpa):
+    _, _, mask_shape = OPS[kind]
+    core = getattr(reference, f"{kind}_attention")
+    generator = torch.Generator().manual_seed(6)
+    qkv, dk, dv = random_qkv(2, 3, 4, 2, 2, 2, generator=generator)
+    mask = (torch.rand(mask_shape(2, 3, 2, 4), generator=generator) < 0.5) if masked else None
+    if masked:
+        mask[0, 0, 0] = False  # one all-dropped row
+    qkv.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: core(x, 2, dk, dv, key_mask=mask, use_sdpa=use_sdpa),
+                                    (qkv,), eps=1e-6, atol=1e-7)
+
+
+def test_reference_reads_strided_qkv_without_changes():
+    qkv, dk, dv = random_qkv(2, 6, 25, 8, 2, 4, generator=torch.Generator().manual_seed(9))
+    channels_last = qkv.contiguous(memory_format=torch.channels_last)
+    for op in (ops.spatial_attention, ops.temporal_attention):
+        torch.testing.assert_close(op(channels_last, 8, dk, dv), op(qkv, 8, dk, dv),
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("module_cls", [SpatialSelfAttention, TemporalSelfAttention])
+def test_drop_attention_is_off_in_eval_and_on_in_training(module_cls):
+    torch.manual_seed(0)
+    args = (32, 32) if module_cls is SpatialSelfAttention else (32,)
+    module = module_cls(*args, num_heads=4, drop_attention=0.5)
+    without = module_cls(*args, num_heads=4, drop_attention=0.0)
+    without.load_state_dict(module.state_dict())
+    x = torch.randn(2, 32, 8, 25)
+    module.eval(), without.eval()
+    torch.testing.assert_close(module(x), without(x), rtol=0, atol=0)
+    module.train(), without.train()
+    torch.manual_seed(1)
+    dropped = module(x)
+    torch.manual_seed(1)
+    plain = without(x)
+    assert not torch.allclose(dropped, plain, atol=1e-3)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: ops.spatial_attention(torch.randn(2, 24, 5), 2, 4, 16), "4-D"),
+    (lambda: ops.spatial_attention(torch.randn(2, 23, 5, 25), 2, 4, 16), "24 channels"),
+    (lambda: ops.temporal_attention(torch.randn(2, 24, 5, 25).int(), 2, 4, 16), "float"),
+    (lambda: ops.temporal_attention(torch.randn(2, 27, 5, 25), 2, 5, 17), "divisible by num_heads"),
+    (lambda: ops.spatial_attention(torch.randn(2, 24, 5, 25), 2, 4, 16, p=1.5), "[0, 1]"),
+    (lambda: ops.spatial_attention(torch.randn(2, 24, 5, 25), 2, 4, 16, backend="cudnn"), "cudnn"),
+    (lambda: ops.spatial_attention(torch.randn(2, 24, 5, 25), 2, 4, 16,
+                                   key_mask=torch.ones(2, 25, 2, 5, dtype=torch.bool)), "(2, 5, 2, 25)"),
+    (lambda: ops.temporal_attention(torch.randn(2, 24, 5, 25), 2, 4, 16,
+                                    key_mask=torch.ones(2, 25, 2, 5)), "bool"),
+])
+def test_ops_reject_bad_input(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+
+
+def module_cases():
+    ssa = SpatialSelfAttention(16, 32, num_heads=4)
+    tsa = TemporalSelfAttention(32, stride=2, num_heads=4)
+    model = STTR(num_classes=5, base_channels=16)
+    return [
+        (ssa, torch.randn(2, 16, 25), "4-D"),
+        (ssa, torch.randn(2, 15, 4, 25), "C=16 at axis 1, got 15"),
+        (ssa, torch.randn(2, 16, 4, 24), "V=25 at axis 3, got 24"),
+        (tsa, torch.randn(2, 32, 5, 25), "T=5 frames must be divisible by stride=2"),
+        (model, torch.randn(2, 3, 16, 25), "5-D"),
+        (model, torch.randn(2, 6, 16, 25, 2), "C=3 at axis 1, got 6"),
+        (model, torch.randn(2, 3, 16, 25, 3), "M=2 at axis 4, got 3"),
+        (model, torch.randn(2, 3, 18, 25, 2), "divisible by 4"),
+        (model, torch.randint(0, 3, (2, 3, 16, 25, 2)), "floating-point"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_modules_reject_bad_input(case):
+    module, x, message = module_cases()[case]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module(x)
+
+
+def test_modules_reject_a_device_mix():
+    with torch.device("meta"):
+        model = STTR(num_classes=5, base_channels=16)
+        ssa = SpatialSelfAttention(16, 32, num_heads=4)
+    with pytest.raises(ValueError, match="input is on cpu but the module's parameters are on meta"):
+        model(torch.randn(1, 3, 8, 25, 2))
+    with pytest.raises(ValueError, match="input is on cpu but the module's parameters are on meta"):
+        ssa(torch.randn(1, 16, 8, 25))
+
+
+def test_head_split_that_does_not_divide_is_refused_at_construction():
+    with pytest.raises(ValueError, match="num_heads=8 must divide"):
+        SpatialSelfAttention(16, 40)
+    with pytest.raises(ValueError, match="stream must be one of"):
+        STTR(stream="both")
