@@ -44,7 +44,7 @@ def _head_views(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, order: tupl
 def _prefer_sdpa(device: torch.device) -> bool:
     # Without DropAttention the core is plain softmax attention, which SDPA computes without
     # materialising the L x L probabilities. On the CPU, with ST-TR's head dims of 4-16, its flash
-    # kernel measured 1.2-1.6x slower than the explicit path (bench/bench_reference_core.py), so it
+    # kernel measured 1.2-2.0x slower than the explicit path (bench/bench_reference_core.py), so it
     # is used on CUDA only, where it also saves the L x L memory.
     return device.type == "cuda"
 
