@@ -10,9 +10,13 @@ from .checks import check_input
 
 
 def joint_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm1d over (N', C*V, T) with feature index c*V + v, returned as (N', C, T, V)."""
+    """BatchNorm1d over (N', C*V, T) with feature index c*V + v: x (N', C, T, V) -> (N', C, V, T).
+
+    The result stays in the (N', C, V, T) layout the normalisation needs; the qkv projections run
+    on it and hand the attention core a transposed view instead of copying it back.
+    """
     n, c, t, v = x.shape
-    return bn(x.transpose(2, 3).reshape(n, c * v, t)).view(n, c, v, t).transpose(2, 3)
+    return bn(x.transpose(2, 3).reshape(n, c * v, t)).view(n, c, v, t)
 
 
 class ProjectionShortcut(nn.Module):
@@ -52,7 +56,7 @@ class SpatialSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, "NCTV", {1: self.in_channels, 3: self.num_joints})
-        qkv = self.qkv(joint_batch_norm(self.input_bn, x))
+        qkv = self.qkv(joint_batch_norm(self.input_bn, x)).transpose(2, 3)
         attended = ops.spatial_attention(qkv, self.num_heads, self.dk, self.dv,
                                          p=self.drop_attention if self.training else 0.0,
                                          backend=self.backend)
@@ -78,8 +82,8 @@ class TemporalSelfAttention(nn.Module):
         self.num_heads, self.num_joints = num_heads, num_joints
         self.drop_attention, self.backend = drop_attention, backend
         self.input_bn = nn.BatchNorm1d(channels * num_joints)
-        # The authors convolve (N'*V, C, 1, T) tokens with a (1, stride) kernel; the forward applies
-        # the same weights as a (stride, 1) kernel to (N', C, T, V), which needs no permute copy.
+        # A (1, stride) kernel over time: at stride 2 each token is a learned map of two consecutive
+        # frames. Applied to the (N', C, V, T) layout it equals the authors' (N'*V, C, 1, T) tokens.
         self.qkv = nn.Conv2d(channels, 2 * self.dk + self.dv, (1, stride), stride=(1, stride))
         self.out_proj = nn.Conv2d(self.dv, self.dv, 1)
         self.down = ProjectionShortcut(channels, channels, stride) if stride != 1 else None
@@ -90,8 +94,7 @@ class TemporalSelfAttention(nn.Module):
         if x.shape[2] % self.stride:
             raise ValueError(f"TemporalSelfAttention: T={x.shape[2]} frames must be divisible by "
                              f"stride={self.stride}")
-        qkv = F.conv2d(joint_batch_norm(self.input_bn, x), self.qkv.weight.transpose(2, 3),
-                       self.qkv.bias, stride=(self.stride, 1))
+        qkv = self.qkv(joint_batch_norm(self.input_bn, x)).transpose(2, 3)
         attended = ops.temporal_attention(qkv, self.num_heads, self.dk, self.dv,
                                           p=self.drop_attention if self.training else 0.0,
                                           backend=self.backend)

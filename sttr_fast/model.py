@@ -27,10 +27,10 @@ class GraphConvolution(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, t, v = x.shape
-        subsets = self.adjacency * self.mask
-        # sum_k W_k (x A_k) + b_k as one convolution over the K stacked products.
-        mixed = torch.einsum("nctv,kvw->nkctw", x, subsets.to(x.dtype)).reshape(n, -1, t, v)
+        subsets = (self.adjacency * self.mask).to(x.dtype)
+        # sum_k W_k (x A_k) + b_k as one convolution over the K stacked products; the broadcast
+        # matmul writes (N, K, C, T, V) directly, so flattening K and C is free.
+        mixed = torch.matmul(x.unsqueeze(1), subsets.unsqueeze(1)).flatten(1, 2)
         weight = torch.cat([conv.weight for conv in self.convs], dim=1)
         bias = torch.stack([conv.bias for conv in self.convs]).sum(0)
         return F.relu(self.bn(F.conv2d(mixed, weight, bias)))

@@ -62,9 +62,12 @@ def _attend(q, k, v, key_mask, use_sdpa: bool | None):
         flat = [x.reshape(-1, *x.shape[-3:]) for x in (q, k, v)]
         return F.scaled_dot_product_attention(*flat, scale=scale).view(*q.shape[:-1], v.shape[-1])
     probs = torch.softmax(torch.matmul(q * scale, k.transpose(-1, -2)), dim=-1)
-    if key_mask is not None:
-        probs = drop_attention(probs, key_mask)
-    return torch.matmul(probs, v)
+    if key_mask is None:
+        return torch.matmul(probs, v)
+    # drop_attention(probs, key_mask) @ v, with the row normalisation moved past the product so
+    # that it divides L x d values instead of L x L.
+    kept = probs * key_mask.unsqueeze(-2).to(probs.dtype)
+    return torch.matmul(kept, v) / (kept.sum(dim=-1, keepdim=True) + DROP_ATTENTION_EPS)
 
 
 def _merge_heads(out: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
