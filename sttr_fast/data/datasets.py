@@ -1,0 +1,264 @@
+"""torch Datasets over the skeleton formats users have: 2s-AGCN / ST-TR arrays, pyskl annotation
+pickles, CTR-GCN archives. Every item is ``(x, label)``: x a float32 tensor (C, T, V, M), label an
+int; the modality is computed from what the file stores (see ``modalities``)."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .augmentation import Augmentation
+from .modalities import CHANNELS, MODALITIES, check_derivable, check_modality, derive
+from .normalisation import pre_normalise as pre_normalise_sample
+from .npy_files import npz_member
+from .pickles import load_data_pickle
+
+# How 2s-AGCN / MS-G3D / ST-TR name their arrays, by what they hold.
+AGCN_FILE_SUFFIXES = {
+    "joint": "_data_joint.npy",
+    "bone": "_data_bone.npy",
+    "joint_motion": "_data_joint_motion.npy",
+    "bone_motion": "_data_bone_motion.npy",
+    "joint_bone": "_data_joint_bones.npy",
+}
+
+
+class SkeletonDataset(torch.utils.data.Dataset):
+    """Items ``(x (C, T, V, M) float32 tensor, label int)`` from any indexable source of samples.
+
+    ``data[i]`` is one sample (C, T, V, M) holding the ``stored`` modality; ``modality`` (default:
+    the stored one) is computed from it after the optional ``augmentation``; ``pre_normalise``
+    applies 2s-AGCN's pre-normalisation to stored joints first.
+    """
+
+    def __init__(self, data, labels, names=None, stored: str = "joint", modality: str | None = None,
+                 augmentation: Augmentation | None = None, pre_normalise: bool = False,
+                 source: str = "dataset"):
+        modality = stored if modality is None else modality
+        check_derivable(stored, modality)
+        if pre_normalise and stored != "joint":
+            raise ValueError(f"{source}: pre_normalise needs stored joints, this holds {stored!r}")
+        if len(labels) != len(data):
+            raise ValueError(f"{source}: {len(data)} samples but {len(labels)} labels")
+        if names is not None and len(names) != len(data):
+            raise ValueError(f"{source}: {len(data)} samples but {len(names)} names")
+        labels = [int(label) for label in labels]
+        if labels and min(labels) < 0:
+            raise ValueError(f"{source}: labels must be 0-based class indices, found {min(labels)}")
+        self.data, self.labels, self.names = data, labels, names
+        self.stored, self.modality, self.source = stored, modality, source
+        self.augmentation = augmentation if augmentation and not augmentation.is_identity else None
+        self.pre_normalise = pre_normalise
+        if len(data):
+            self._check_sample(np.asarray(data[0]), 0)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        x = np.array(self.data[index], dtype=np.float32)  # a copy: never write into a memory map
+        self._check_sample(x, index)
+        if self.pre_normalise:
+            x = pre_normalise_sample(x)
+        if self.augmentation is not None:
+            x = self.augmentation(x)
+        x = derive(x, self.stored, self.modality)
+        return torch.from_numpy(np.ascontiguousarray(x)), self.labels[index]
+
+    def sample_name(self, index: int) -> str:
+        """The sample's name (``S001C001P001R001A001.skeleton`` for NTU) or, where the source has
+        none, ``<source>:<index>``."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.source}: index {index} out of range for {len(self)} samples")
+        return str(self.names[index]) if self.names is not None else f"{self.source}:{index}"
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1 if self.labels else 0
+
+    @property
+    def channels(self) -> int:
+        return CHANNELS[self.modality]
+
+    def _check_sample(self, x: np.ndarray, index: int) -> None:
+        if x.ndim != 4 or x.shape[0] != CHANNELS[self.stored]:
+            raise ValueError(f"{self.source}: sample {index} has shape {x.shape}; expected "
+                             f"(C={CHANNELS[self.stored]}, T, V, M) for stored {self.stored!r} data")
+
+
+class AGCNDataset(SkeletonDataset):
+    """The 2s-AGCN / MS-G3D / ST-TR files: ``<split>_data_<kind>.npy`` (N, C, T, V, M), memory-mapped,
+    and ``<split>_label.pkl`` (names, labels). What the array holds is read from its name
+    (``_data_joint``, ``_data_bone``, ``_data_joint_motion``, ``_data_bone_motion``, ST-TR's
+    6-channel ``_data_joint_bones``) unless ``stored`` says it."""
+
+    def __init__(self, data_path, label_path, modality: str | None = None, stored: str | None = None,
+                 mmap: bool = True, augmentation: Augmentation | None = None,
+                 pre_normalise: bool = False):
+        data_path, label_path = Path(data_path), Path(label_path)
+        stored = stored or _stored_kind(data_path)
+        names, labels = _read_label_file(label_path)
+        data = LazyArray(functools.partial(_open_npy, data_path, mmap))
+        if data.ndim != 5:
+            raise ValueError(f"{data_path} holds an array of shape {data.shape}; expected "
+                             "(N, C, T, V, M)")
+        super().__init__(data, labels, names, stored=stored, modality=modality,
+                         augmentation=augmentation, pre_normalise=pre_normalise,
+                         source=str(data_path))
+
+    @classmethod
+    def in_folder(cls, folder, split: str = "train", stored: str = "joint", **options):
+        """The dataset of ``folder/<split>_data_<stored>.npy`` and ``folder/<split>_label.pkl``."""
+        check_modality(stored)
+        folder = Path(folder)
+        return cls(folder / f"{split}{AGCN_FILE_SUFFIXES[stored]}", folder / f"{split}_label.pkl",
+                   stored=stored, **options)
+
+
+class PysklDataset(SkeletonDataset):
+    """A pyskl / MMAction2 annotation pickle: ``dict(split={name: [frame_dir, ...]},
+    annotations=[{frame_dir, label, keypoint (M, T, V, 3)}, ...])``; ``split`` is a key such as
+    ``xsub_train``. Samples are zero-padded or cut to ``frames`` and to ``num_person`` bodies."""
+
+    def __init__(self, annotation_path, split: str, modality: str = "joint", frames: int = 300,
+                 num_person: int = 2, augmentation: Augmentation | None = None,
+                 pre_normalise: bool = False):
+        path = Path(annotation_path)
+        content = load_data_pickle(path, "pyskl annotation file")
+        if not (isinstance(content, dict) and isinstance(content.get("split"), dict)
+                and isinstance(content.get("annotations"), list)):
+            raise ValueError(f"{path} is not a pyskl annotation file: expected a dict with 'split' "
+                             "(dict) and 'annotations' (list)")
+        if split not in content["split"]:
+            raise ValueError(f"{path} has no split {split!r}; it has {sorted(content['split'])}")
+        by_name = {}
+        for position, annotation in enumerate(content["annotations"]):
+            missing = {"frame_dir", "label", "keypoint"} - set(annotation)
+            if missing:
+                raise ValueError(f"{path}: annotation {position} lacks {sorted(missing)}")
+            by_name[annotation["frame_dir"]] = annotation
+        names = list(content["split"][split])
+        absent = [name for name in names if name not in by_name]
+        if absent:
+            raise ValueError(f"{path}: split {split!r} lists {len(absent)} samples with no "
+                             f"annotation, e.g. {absent[:3]}")
+        annotations = [by_name[name] for name in names]
+        super().__init__(_PaddedKeypoints(annotations, frames, num_person, path),
+                         [a["label"] for a in annotations], names, stored="joint",
+                         modality=modality, augmentation=augmentation,
+                         pre_normalise=pre_normalise, source=f"{path}[{split}]")
+
+
+class CTRGCNDataset(SkeletonDataset):
+    """A CTR-GCN ``.npz``: ``x_<split>`` (N, T, 150 = 2 bodies x 25 joints x xyz, body-major) and
+    one-hot ``y_<split>``; ``split`` is ``train`` or ``test``. Uncompressed archives are
+    memory-mapped. The archive has no sample names: ``sample_name`` gives ``<file>[split]:<index>``."""
+
+    def __init__(self, npz_path, split: str = "train", modality: str = "joint",
+                 augmentation: Augmentation | None = None, pre_normalise: bool = False):
+        path = Path(npz_path)
+        source = f"{path}[{split}]"
+        data = LazyArray(functools.partial(_open_ctrgcn_joints, path, split))
+        targets = np.asarray(npz_member(path, f"y_{split}"))
+        if targets.ndim == 2:
+            labels = targets.argmax(axis=1)
+        elif targets.ndim == 1:
+            labels = targets.astype(np.int64)
+        else:
+            raise ValueError(f"{source}: y_{split} has shape {targets.shape}; expected one-hot "
+                             "(N, classes) or labels (N,)")
+        super().__init__(data, labels, None, stored="joint", modality=modality,
+                         augmentation=augmentation, pre_normalise=pre_normalise, source=source)
+
+
+class LazyArray:
+    """An array opened on first use and reopened, not copied, when pickled (DataLoader workers
+    under spawn): a memory map must not travel as its whole content."""
+
+    def __init__(self, opener):
+        self.opener, self._array = opener, None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = self.opener()
+        return self._array
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.array.ndim
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index):
+        return self.array[index]
+
+    def __getstate__(self):
+        return {"opener": self.opener, "_array": None}
+
+
+class _PaddedKeypoints:
+    """pyskl keypoints (M, T, V, 3) as (3, frames, V, num_person), zero-padded or cut."""
+
+    def __init__(self, annotations, frames: int, num_person: int, path: Path):
+        self.annotations, self.frames, self.num_person, self.path = (annotations, frames,
+                                                                     num_person, path)
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        annotation = self.annotations[index]
+        keypoint = np.asarray(annotation["keypoint"])
+        if keypoint.ndim != 4 or keypoint.shape[-1] != 3:
+            raise ValueError(f"{self.path}: {annotation['frame_dir']} has keypoint of shape "
+                             f"{keypoint.shape}; expected 3-D joints (M, T, V, 3)")
+        bodies, frames = min(len(keypoint), self.num_person), min(keypoint.shape[1], self.frames)
+        sample = np.zeros((3, self.frames, keypoint.shape[2], self.num_person), np.float32)
+        sample[:, :frames, :, :bodies] = keypoint[:bodies, :frames].transpose(3, 1, 2, 0)
+        return sample
+
+
+def _stored_kind(path: Path) -> str:
+    for kind, suffix in sorted(AGCN_FILE_SUFFIXES.items(), key=lambda item: -len(item[1])):
+        if path.name.endswith(suffix):
+            return kind
+    raise ValueError(f"cannot tell what {path} holds from its name (expected it to end in one of "
+                     f"{sorted(AGCN_FILE_SUFFIXES.values())}); pass stored= one of {MODALITIES}")
+
+
+def _open_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the array {path}: {error}") from error
+
+
+def _open_ctrgcn_joints(path: Path, split: str) -> np.ndarray:
+    x = npz_member(path, f"x_{split}")
+    if x.ndim != 3 or x.shape[2] != 2 * 25 * 3:
+        raise ValueError(f"{path}: x_{split} has shape {x.shape}; expected (N, T, 150)")
+    # (N, T, body, joint, xyz) -> (N, C, T, V, M); a view, so a memory map stays one
+    return x.reshape(len(x), x.shape[1], 2, 25, 3).transpose(0, 4, 1, 3, 2)
+
+
+def _read_label_file(path: Path) -> tuple[list[str], list[int]]:
+    content = load_data_pickle(path, "label file")
+    if not (isinstance(content, (tuple, list)) and len(content) == 2
+            and all(isinstance(part, (tuple, list, np.ndarray)) for part in content)
+            and len(content[0]) == len(content[1])):
+        raise ValueError(f"{path} is not a 2s-AGCN label file: expected a pair (sample names, "
+                         "labels) of equal length")
+    names, labels = content
+    try:
+        labels = [int(label) for label in labels]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: labels must be integers ({error})") from error
+    return [name.decode("latin-1") if isinstance(name, bytes) else str(name) for name in names], labels
