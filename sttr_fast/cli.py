@@ -19,7 +19,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a trailing positional list once an option follows it, so config
+    # overrides given after options arrive here; anything else is an error as usual.
+    if extra:
+        if getattr(args, "overrides", None) is None or any(
+                arg.startswith("-") or "=" not in arg for arg in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.run(args) or 0
     except ValueError as error:

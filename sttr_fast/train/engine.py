@@ -1,0 +1,309 @@
+"""The training program: epochs of SGD with accumulation, AMP and DDP; evaluation; checkpoints."""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint import CheckpointError, read_state_dict, save_atomic
+from ..data.modalities import CHANNELS
+from ..model import STTR
+from . import distributed
+from .config import Config, ConfigError, load_config, save_config
+from .data import StepBatches, build_dataset
+from .metrics import summarise
+from .records import EpochRecords, make_logger
+
+CHECKPOINT_FORMAT = "sttr_fast-train"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def build_model(config: Config) -> STTR:
+    m = config.model
+    return STTR(num_classes=m.num_classes, stream=m.stream, in_channels=CHANNELS[config.data.modality],
+                base_channels=m.base_channels, num_person=config.data.num_person,
+                drop_attention=m.drop_attention, dropout=m.dropout, backend=m.backend,
+                num_heads=m.num_heads)
+
+
+def lr_factor(epoch: int, config: Config) -> float:
+    """Linear warm-up over ``warmup_epochs``, then x gamma at every milestone passed."""
+    optim = config.optim
+    warmup = min(1.0, (epoch + 1) / optim.warmup_epochs) if optim.warmup_epochs else 1.0
+    return warmup * optim.gamma ** sum(epoch >= milestone for milestone in optim.milestones)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # DataLoader gives each worker torch seed base_seed + id; derive numpy's and python's from it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def rng_states() -> dict:
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": [name, keys.tolist(), position, has_gauss, cached]}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_model_weights(model: STTR, checkpoint) -> None:
+    """Weights from a training checkpoint, an imported one (``sttr import-checkpoint``), a bare
+    state_dict, or a checkpoint of the authors' code (converted on the fly); strict."""
+    state = read_state_dict(checkpoint, "checkpoint")
+    if any(key.startswith(("backbone.", "gcn0.")) for key in state):
+        from ..checkpoint import convert_official_state_dict
+
+        state = convert_official_state_dict(state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {checkpoint} does not fit the configured model: "
+                              f"{error}") from error
+
+
+def _autocast(config: Config, device: torch.device):
+    if config.train.amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if config.train.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, config: Config, context: distributed.Context, progress: bool = False):
+    """Logits of every sample (each process takes every world_size-th), gathered in order."""
+    model.eval()
+    indices = list(range(context.rank, len(dataset), context.world_size))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices),
+                                         batch_size=config.data.eval_batch_size, shuffle=False,
+                                         num_workers=config.data.num_workers,
+                                         worker_init_fn=_seed_worker)
+    outputs, labels = [], []
+    from tqdm import tqdm
+
+    for x, y in tqdm(loader, desc="evaluate", leave=False, disable=not (progress and context.is_main)):
+        with _autocast(config, context.device):
+            outputs.append(model(x.to(context.device, non_blocking=True)).float().cpu())
+        labels.append(y)
+    local = (indices, torch.cat(outputs) if outputs else torch.empty(0, config.model.num_classes),
+             torch.cat(labels) if labels else torch.empty(0, dtype=torch.long))
+    order, logits, targets = zip(*distributed.gather(context, local))
+    order = torch.tensor([i for part in order for i in part])
+    permutation = torch.argsort(order)
+    logits, targets = torch.cat(logits)[permutation], torch.cat(targets)[permutation]
+    result = summarise(logits, targets)
+    result["loss"] = F.cross_entropy(logits, targets).item() if len(targets) else math.nan
+    result["logits"], result["labels"] = logits, targets
+    return result
+
+
+class Trainer:
+    """One training run in ``work_dir``; ``fit()`` runs the remaining epochs."""
+
+    def __init__(self, config: Config, work_dir, resume: bool = False, progress: bool = True):
+        self.config, self.work_dir, self.progress = config, Path(work_dir), progress
+        self.context = distributed.start(config.train.device)
+        if config.train.amp != "none" and self.context.device.type != "cuda":
+            raise ConfigError(f"train.amp={config.train.amp!r} needs a CUDA device; this run is on "
+                              f"{self.context.device}")
+        if self.context.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(self.context)
+        self.log = make_logger(self.work_dir if self.context.is_main else None)
+        if not self.context.is_main:
+            self.log.disabled = True
+        seed_everything(config.train.seed + self.context.rank)
+
+        self.train_set = build_dataset(config, "train", training=True)
+        self.val_set = build_dataset(config, "val")
+        self.model = build_model(config).to(self.context.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.optim.lr,
+                                         momentum=config.optim.momentum,
+                                         nesterov=config.optim.nesterov,
+                                         weight_decay=config.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda epoch: lr_factor(epoch, config))
+        self.scaler = torch.amp.GradScaler(self.context.device.type,
+                                           enabled=config.train.amp == "fp16")
+        self.sampler = StepBatches(len(self.train_set), config.data.batch_size,
+                                   self.context.world_size, self.context.rank,
+                                   config.optim.accumulate, config.train.seed)
+        if self.sampler.steps == 0:
+            raise ConfigError(
+                f"the train split has {len(self.train_set)} samples, fewer than one step of "
+                f"data.batch_size x processes x optim.accumulate = "
+                f"{config.data.batch_size * self.context.world_size * config.optim.accumulate}")
+        self.epoch, self.best_top1, self.best_epoch, rows = 0, -math.inf, 0, []
+        if resume:
+            rows = self._resume()
+        self.records = EpochRecords(self.work_dir, rows) if self.context.is_main else None
+        if self.context.is_main:
+            save_config(config, self.work_dir / "config.yaml")
+        self.network = (DistributedDataParallel(self.model, device_ids=[self.context.device]
+                                                if self.context.device.type == "cuda" else None)
+                        if self.context.distributed else self.model)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _checkpoint(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "epoch": self.epoch,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": rng_states(), "best_top1": self.best_top1, "best_epoch": self.best_epoch,
+                "records": self.records.rows if self.records else []}
+
+    def _resume(self) -> list[dict]:
+        path = self.work_dir / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"--resume: {self.work_dir} holds no last.pt to resume from")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a foreign or damaged file; atomic saves never leave one
+            raise CheckpointError(f"--resume: {path} could not be read: {error}") from error
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"--resume: {path} is not a sttr_fast training checkpoint")
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.best_top1, self.best_epoch = (state["epoch"], state["best_top1"],
+                                                       state["best_epoch"])
+        restore_rng_states(state["rng"])
+        self.log.info(f"resuming from {path}: {self.epoch} of {self.config.train.epochs} epochs "
+                      "done")
+        return state["records"]
+
+    # --- training ----------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        config, context = self.config, self.context
+        self.log.info(f"training {config.model.stream} stream on {len(self.train_set)} samples, "
+                      f"validating on {len(self.val_set)}; {context.world_size} process(es) on "
+                      f"{context.device}; work dir {self.work_dir}")
+        while self.epoch < config.train.epochs:
+            row = self._train_epoch()
+            if (self.epoch + 1) % config.train.eval_interval == 0 or self.epoch + 1 == config.train.epochs:
+                result = evaluate(self.network, self.val_set, config, context, self.progress)
+                row.update(val_loss=result["loss"], val_top1=result["top1"], val_top5=result["top5"])
+            self.epoch += 1
+            self.scheduler.step()
+            improved = not math.isnan(row.get("val_top1", math.nan)) and row["val_top1"] > self.best_top1
+            if improved:
+                self.best_top1, self.best_epoch = row["val_top1"], self.epoch
+            self.log.info("epoch {epoch}: lr {lr:.4g}, train loss {train_loss:.4f}, train top-1 "
+                          "{train_top1:.2f}%".format(**row)
+                          + (", val loss {val_loss:.4f}, top-1 {val_top1:.2f}%, top-5 {val_top5:.2f}%"
+                             .format(**row) if "val_top1" in row else "")
+                          + f", {row['samples_per_second']:.1f} samples/s")
+            if context.is_main:
+                self.records.add(row)
+                checkpoint = self._checkpoint()
+                save_atomic(checkpoint, self.work_dir / "last.pt")
+                if improved:
+                    save_atomic(checkpoint, self.work_dir / "best.pt")
+            distributed.barrier(context)
+        if self.records:
+            self.records.close()
+        self.log.info(f"done: best validation top-1 {self.best_top1:.2f}% at epoch {self.best_epoch}")
+        return {"best_top1": self.best_top1, "best_epoch": self.best_epoch, "epochs": self.epoch}
+
+    def _train_epoch(self) -> dict:
+        config, context = self.config, self.context
+        accumulate = config.optim.accumulate
+        self.sampler.set_epoch(self.epoch)
+        loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=self.sampler,
+                                             num_workers=config.data.num_workers,
+                                             worker_init_fn=_seed_worker,
+                                             pin_memory=context.device.type == "cuda",
+                                             persistent_workers=False)
+        criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+        self.network.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss_sum = correct = seen = 0.0
+        start = time.perf_counter()
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(self.sampler) // accumulate, desc=f"epoch {self.epoch + 1}",
+                   disable=not (self.progress and context.is_main), leave=False)
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro, (x, y) in enumerate(loader):
+            x, y = x.to(context.device, non_blocking=True), y.to(context.device, non_blocking=True)
+            stepping = (micro + 1) % accumulate == 0
+            sync = (self.network.no_sync() if context.distributed and not stepping
+                    else contextlib.nullcontext())
+            with sync:
+                with _autocast(config, context.device):
+                    logits = self.network(x)
+                    loss = criterion(logits.float(), y)
+                self.scaler.scale(loss / accumulate).backward()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(dim=1) == y).sum().item()
+            seen += len(y)
+            if not stepping:
+                continue
+            finite = distributed.sum_across(context, [float(math.isfinite(loss_sum))])[0]
+            if finite < context.world_size:
+                raise TrainingDiverged(
+                    f"the training loss became {loss.item()} in epoch {self.epoch + 1}, step "
+                    f"{micro // accumulate + 1}; stopped. The last good checkpoint is "
+                    f"{self.work_dir / 'last.pt'} ({self.epoch} epochs); lower optim.lr or set "
+                    "optim.clip_grad_norm")
+            if config.optim.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            bar.update()
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
+                            samples_per_s=f"{seen * context.world_size / (time.perf_counter() - start):.1f}")
+        bar.close()
+        loss_sum, correct, seen = distributed.sum_across(context, [loss_sum, correct, seen])
+        seconds = time.perf_counter() - start
+        return {"epoch": self.epoch + 1, "lr": lr, "train_loss": loss_sum / seen,
+                "train_top1": correct / seen * 100.0, "epoch_seconds": seconds,
+                "samples_per_second": seen / seconds}
+
+    def close(self) -> None:
+        distributed.stop(self.context)
+
+
+def train(config_path=None, work_dir=None, overrides: list[str] = (), resume: bool = False,
+          progress: bool = True) -> dict:
+    config = load_config(config_path, overrides)
+    if work_dir is None:
+        name = Path(config_path).stem if config_path else "default"
+        work_dir = Path("work_dirs") / name
+    trainer = Trainer(config, work_dir, resume=resume, progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
