@@ -14,9 +14,15 @@ setup(
     # kernels/ sits at the top of the repository but is imported as sttr_fast.kernels.
     packages=find_packages(include=["sttr_fast", "sttr_fast.*"]) + ["sttr_fast.kernels"],
     package_dir={"sttr_fast.kernels": "kernels"},
+    # The official lists of NTU RGB+D samples with missing skeletons, read by `sttr prepare`.
+    package_data={"sttr_fast.data": ["resources/*.txt", "resources/*.md"]},
     install_requires=[
         "torch>=2.11",
         "numpy>=1.24",
+        "pyyaml>=6",          # training configs
+        "tqdm>=4.60",         # progress bars
+        "matplotlib>=3.7",    # training plots and confusion matrices
+        "tensorboard>=2.14",  # training scalars
         "triton>=3.6; platform_system == 'Linux'",
     ],
     extras_require={
