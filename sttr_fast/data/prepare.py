@@ -86,7 +86,7 @@ def process_file(path: Path, max_frames: int, normalise: bool) -> SampleResult:
     try:
         selected = select_bodies(read_skeleton(path), max_frames=max_frames)
     except SkeletonParseError as error:
-        result.error = f"line {error.line_number}: {error.reason}"
+        result.error = error.detail
         return result
     if selected.was_cut:
         result.notes.append(f"{selected.frames_in_file} frames, cut to the first {max_frames}")
@@ -130,10 +130,22 @@ def prepare_ntu(settings: PrepareSettings, progress_stream=None) -> PrepareRepor
     if not samples:
         raise ValueError("every sample found is on the missing-sample list; nothing to write")
     run = _Run(settings, samples)
-    run.open()
-    run.log(f"{len(files):,} {settings.dataset} files, {len(skipped):,} on the missing-sample list "
-            f"skipped, {len(samples):,} to convert; {len(ignored):,} other files and {outside:,} NTU "
-            f"files outside {settings.dataset} ignored")
+    try:
+        run.open()
+        run.log(f"{len(files):,} {settings.dataset} files, {len(skipped):,} on the missing-sample "
+                f"list skipped, {len(samples):,} to convert; {len(ignored):,} other files and "
+                f"{outside:,} NTU files outside {settings.dataset} ignored")
+        _convert(run, files, progress_stream)
+        counts = run.finish()
+    finally:
+        run.close()
+    full = len(files) == FULL_DATASET_FILES[settings.dataset]
+    return PrepareReport(counts, sorted(run.failures.items()), len(skipped), ignored, full)
+
+
+def _convert(run: _Run, files: dict[str, Path], progress_stream) -> None:
+    """Convert the files not done yet, in order, writing each sample where it belongs."""
+    settings, samples = run.settings, run.samples
     if run.files_done:
         run.log(f"resuming after {run.files_done:,} of {len(samples):,} files")
     progress = ProgressBar(len(samples), "prepare", done=run.files_done, stream=progress_stream)
@@ -163,9 +175,6 @@ def prepare_ntu(settings: PrepareSettings, progress_stream=None) -> PrepareRepor
                 "command again to resume")
         raise
     progress.close()
-    counts = run.finish()
-    full = len(files) == FULL_DATASET_FILES[settings.dataset]
-    return PrepareReport(counts, sorted(run.failures.items()), len(skipped), ignored, full)
 
 
 class _Run:
@@ -297,8 +306,11 @@ class _Run:
         (self.out / STATE_FILE).unlink()
         for output, count in counts.items():
             self.log(f"{output[0]:<6} {output[1]:<5} {count:>7,} samples", echo=False)
-        self.log_file.close()
         return counts
+
+    def close(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
 
 
 def official_sizes_match(dataset: str, counts: dict[tuple[str, str], int]) -> dict[str, bool]:
@@ -312,7 +324,10 @@ def write_atomic(path: Path, payload: bytes) -> None:
     """Write to a temporary file beside ``path``, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; outputs are shared files
         with os.fdopen(handle, "wb") as file:
             file.write(payload)
             file.flush()

@@ -31,8 +31,10 @@ class SkeletonParseError(ValueError):
     """A ``.skeleton`` file that does not follow the format; names the file, line and expectation."""
 
     def __init__(self, path, line_number: int, message: str):
+        """``line_number`` is 1-based; 0 when the file could not be read at all."""
         self.path, self.line_number, self.reason = Path(path), line_number, message
-        super().__init__(f"{self.path}: line {line_number}: {message}")
+        self.detail = f"line {line_number}: {message}" if line_number else message
+        super().__init__(f"{self.path}: {self.detail}")
 
 
 @dataclass(frozen=True)
@@ -193,13 +195,16 @@ def _shown(line: str, limit: int = 80) -> str:
     return repr(line if len(line) <= limit else line[:limit] + "...")
 
 
-def write_skeleton(path, frames, body_ids=None, line_ending: str = "\n") -> None:
+def write_skeleton(path, frames, body_ids=None, line_ending: str = "\n",
+                   significant_digits: int | None = None) -> None:
     """Write a ``.skeleton`` file in NTU's exact layout.
 
     ``frames``: a sequence over time of arrays (bodies, 25, 3) of x y z in metres (camera space),
     or (bodies, 25, 12) with every joint field; a frame may hold 0 bodies. ``body_ids``: per frame,
     one integer per body (default: a fixed 64-bit id per slot, as Kinect's tracking ids look).
-    Fields not given are derived as the Kinect SDK would report them for a tracked body.
+    Fields not given are derived as the Kinect SDK would report them for a tracked body. Numbers
+    are written exactly (shortest round-trip text) unless ``significant_digits`` is given (the
+    dataset's files have 7).
     """
     if line_ending not in ("\n", "\r\n"):
         raise ValueError(f"line_ending must be '\\n' or '\\r\\n', got {line_ending!r}")
@@ -221,7 +226,8 @@ def write_skeleton(path, frames, body_ids=None, line_ending: str = "\n") -> None
             out.append(f"{int(body_id)} 0 1 1 1 1 0 {0.01:.8f} {-0.02:.8f} 2")
             out.append(str(NUM_JOINTS))
             full = joints if joints.shape[-1] == len(JOINT_FIELDS) else _kinect_fields(joints)
-            out.extend(" ".join(_number(value) for value in row) for row in full)
+            out.extend(" ".join(_number(value, significant_digits) for value in row)
+                       for row in full)
     Path(path).write_bytes((line_ending.join(out) + line_ending).encode("ascii"))
 
 
@@ -236,7 +242,8 @@ def _kinect_fields(xyz: np.ndarray) -> np.ndarray:
     return np.concatenate([xyz, depth_xy, color_xy, orientation, tracked], axis=1)
 
 
-def _number(value: float) -> str:
-    # Shortest text that reads back as the same float; integral fields (trackingState) as integers.
+def _number(value: float, significant_digits: int | None) -> str:
     value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
+    if value.is_integer():
+        return str(int(value))  # integral fields (trackingState) as the dataset writes them
+    return repr(value) if significant_digits is None else f"{value:.{significant_digits}g}"

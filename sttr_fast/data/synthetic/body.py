@@ -44,6 +44,13 @@ for _joint, _parent, _offset in _TREE:
     REST_OFFSETS[_joint] = _offset
 ANKLE_HEIGHT = 0.08  # ankle above the floor when standing
 
+# Each joint's mirror image across the body's midline (left <-> right).
+MIRRORED_JOINT = np.arange(NUM_JOINTS)
+for _left, _right in ((L_SHOULDER, R_SHOULDER), (L_ELBOW, R_ELBOW), (L_WRIST, R_WRIST),
+                      (L_HAND, R_HAND), (L_HIP, R_HIP), (L_KNEE, R_KNEE), (L_ANKLE, R_ANKLE),
+                      (L_FOOT, R_FOOT), (L_HAND_TIP, R_HAND_TIP), (L_THUMB, R_THUMB)):
+    MIRRORED_JOINT[_left], MIRRORED_JOINT[_right] = _right, _left
+
 
 def rotation_x(angle) -> np.ndarray:
     """(T, 3, 3) right-handed rotations about +x; positive lifts a hanging limb forward (-z)."""
@@ -81,6 +88,12 @@ def forward_kinematics(local_rotations: dict[int, np.ndarray], frames: int,
         positions[:, joint] = positions[:, parent] + orientation[parent] @ offset
         orientation[joint] = orientation[parent] @ local_rotations.get(joint, identity)
     return positions
+
+
+def mirrored(positions: np.ndarray) -> np.ndarray:
+    """The left-right mirror image of (..., 25, 3) body-frame positions: the same action done
+    with the other hand or foot."""
+    return positions[..., MIRRORED_JOINT, :] * np.array([-1.0, 1.0, 1.0])
 
 
 def stand_on_floor(positions: np.ndarray, lift=0.0) -> np.ndarray:

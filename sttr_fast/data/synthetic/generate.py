@@ -10,10 +10,11 @@ import math
 import numpy as np
 
 from .actions import ACTIONS
-from .body import NUM_JOINTS, SPINE_MID, forward_kinematics, rotation_x, rotation_y, rotation_z, \
-    stand_on_floor
+from .body import (NUM_JOINTS, SPINE_MID, forward_kinematics, mirrored, rotation_x, rotation_y,
+                   rotation_z, stand_on_floor)
 
 NUM_CLASSES = len(ACTIONS)
+LEFT_HANDED = 0.3  # share of one-person samples done with the other side of the body
 
 
 def sample_rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -36,12 +37,15 @@ def action_in_world(label: int, frames: int, rng: np.random.Generator) -> np.nda
     view = rotation_y(rng.uniform(-0.5, 0.5))
     shift = np.array([rng.uniform(-0.3, 0.3), 0.0, rng.uniform(-0.3, 0.3)])
     noise = rng.uniform(0.004, 0.015)
+    left_handed = len(persons) == 1 and rng.random() < LEFT_HANDED
     positions = []
     for person in persons:
         _add_idle_sway(person, time, rng)
         bone_scale = rng.uniform(0.85, 1.15) * rng.uniform(0.95, 1.05, NUM_JOINTS)
-        body = stand_on_floor(forward_kinematics(person.rotations, frames, bone_scale),
-                              np.broadcast_to(person.lift, (frames,)))
+        body = forward_kinematics(person.rotations, frames, bone_scale)
+        if left_handed:
+            body = mirrored(body)
+        body = stand_on_floor(body, np.broadcast_to(person.lift, (frames,)))
         floor = np.broadcast_to(np.asarray(person.floor_position, dtype=np.float64), (frames, 2))
         placed = body @ rotation_y(person.facing).T + np.stack(
             [floor[:, 0], np.zeros(frames), floor[:, 1]], axis=-1)[:, None, :]

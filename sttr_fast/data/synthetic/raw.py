@@ -32,9 +32,10 @@ def camera_space(world: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_raw_dataset(directory, names, seed: int = 0, frames=(60, 120),
-                      line_ending: str = "\n") -> list[Path]:
+                      line_ending: str = "\n", significant_digits: int | None = 7) -> list[Path]:
     """Write ``<name>.skeleton`` for each NTU name: the synthetic action (A - 1) mod 12 with a
-    length drawn from ``frames`` (inclusive range), one or two bodies per frame. Returns paths."""
+    length drawn from ``frames`` (inclusive range), one or two bodies per frame, numbers with the
+    dataset's 7 significant digits (None: exact). Returns the paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -47,6 +48,7 @@ def write_raw_dataset(directory, names, seed: int = 0, frames=(60, 120),
         world = action_in_world(sample.label % NUM_CLASSES, length, rng)
         bodies = camera_space(world, rng).transpose(1, 0, 2, 3)  # (frames, persons, 25, 3)
         path = directory / sample.file_name
-        write_skeleton(path, list(bodies), line_ending=line_ending)
+        write_skeleton(path, list(bodies), line_ending=line_ending,
+                       significant_digits=significant_digits)
         paths.append(path)
     return paths
