@@ -90,6 +90,8 @@ def test_agcn_data_is_memory_mapped_and_pickles_small(agcn_folder):
     ("joint_bone", "_data_joint_bones.npy", "joint", "joint"),
     ("joint_bone", "_data_joint_bones.npy", "bone", "bone"),
     ("joint_bone", "_data_joint_bones.npy", "joint_motion", "joint_motion"),
+    ("joint_bone", "_joint_bone.npy", "bone_motion", "bone_motion"),
+    ("bone", "_bone.npy", "bone", "bone"),
 ])
 def test_derived_files(agcn_folder, stored, file_suffix, modality, derived_from):
     folder, joints, _, _ = agcn_folder

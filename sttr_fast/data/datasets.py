@@ -23,6 +23,10 @@ AGCN_FILE_SUFFIXES = {
     "bone_motion": "_data_bone_motion.npy",
     "joint_bone": "_data_joint_bones.npy",
 }
+# What a file holds, by the end of its name; longer endings first, so "_bone_motion" is not "_bone".
+_KIND_BY_ENDING = (("_joint_bones.npy", "joint_bone"), ("_joint_bone.npy", "joint_bone"),
+                   ("_bone_motion.npy", "bone_motion"), ("_joint_motion.npy", "joint_motion"),
+                   ("_bone.npy", "bone"), ("_joint.npy", "joint"))
 
 
 class SkeletonDataset(torch.utils.data.Dataset):
@@ -227,11 +231,12 @@ class _PaddedKeypoints:
 
 
 def _stored_kind(path: Path) -> str:
-    for kind, suffix in sorted(AGCN_FILE_SUFFIXES.items(), key=lambda item: -len(item[1])):
-        if path.name.endswith(suffix):
+    for ending, kind in _KIND_BY_ENDING:
+        if path.name.endswith(ending):
             return kind
     raise ValueError(f"cannot tell what {path} holds from its name (expected it to end in one of "
-                     f"{sorted(AGCN_FILE_SUFFIXES.values())}); pass stored= one of {MODALITIES}")
+                     f"{[ending for ending, _ in _KIND_BY_ENDING]}); pass stored= one of "
+                     f"{MODALITIES}")
 
 
 def _open_npy(path: Path, mmap: bool) -> np.ndarray:

@@ -12,12 +12,14 @@ import hashlib
 import json
 import os
 import pickle
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .body_selection import NUM_PERSON, select_bodies
 from .normalisation import pre_normalise
@@ -25,7 +27,6 @@ from .npy_files import NpyRowWriter
 from .ntu_samples import (BENCHMARKS, FULL_DATASET_FILES, OFFICIAL_SPLIT_SIZES, SPLITS, NTUSample,
                           parse_sample_name)
 from .parallel import ordered_map
-from .progress import ProgressBar
 from .skeleton_file import NUM_JOINTS, SkeletonParseError, read_skeleton
 
 STATE_FILE = ".prepare_state.json"
@@ -148,7 +149,9 @@ def _convert(run: _Run, files: dict[str, Path], progress_stream) -> None:
     settings, samples = run.settings, run.samples
     if run.files_done:
         run.log(f"resuming after {run.files_done:,} of {len(samples):,} files")
-    progress = ProgressBar(len(samples), "prepare", done=run.files_done, stream=progress_stream)
+    stream = progress_stream or sys.stderr
+    progress = tqdm(total=len(samples), initial=run.files_done, desc="prepare", unit="file",
+                    file=stream, dynamic_ncols=True)
     convert = functools.partial(process_file, max_frames=settings.max_frames,
                                 normalise=settings.normalise)
     remaining = samples[run.files_done:]
@@ -157,16 +160,16 @@ def _convert(run: _Run, files: dict[str, Path], progress_stream) -> None:
                               settings.workers)
         for sample, result in zip(remaining, results):
             for note in result.notes:
-                progress.message(f"warning: {result.name}: {note}")
+                progress.write(f"warning: {result.name}: {note}", file=stream)
                 run.log(f"warning: {result.name}: {note}", echo=False)
             if result.error is not None:
-                progress.message(f"error: {result.name}: {result.error} (skipped)")
+                progress.write(f"error: {result.name}: {result.error} (skipped)", file=stream)
                 run.log(f"error: {result.name}: {result.error} (skipped)", echo=False)
                 run.failures[sample.name] = result.error
             else:
                 run.write(sample, result.joints)
             run.files_done += 1
-            progress.advance()
+            progress.update()
             run.checkpoint_if_due()
     except KeyboardInterrupt:
         progress.close()
