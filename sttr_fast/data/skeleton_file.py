@@ -107,7 +107,7 @@ def read_skeleton(path) -> RawSkeleton:
     lines = _Lines(path, text)
     num_frames = lines.count("the frame count")
     bodies_per_frame = np.zeros(num_frames, dtype=np.int64)
-    body_ids, body_fields, joint_blocks = [], [], []
+    body_ids, body_fields, joint_blocks = [], [], []  # joint_blocks: (first line, which body)
     for frame in range(num_frames):
         where = f"frame {frame + 1} of {num_frames}"
         bodies_per_frame[frame] = lines.count(f"the body count of {where}")
@@ -120,7 +120,9 @@ def read_skeleton(path) -> RawSkeleton:
             if lines.count(f"the joint count of {where_body}") != NUM_JOINTS:
                 raise lines.error(joint_count_index, f"expected the joint count {NUM_JOINTS} of "
                                   f"{where_body}, got {_shown(lines.lines[joint_count_index])}")
-            joint_blocks.append(_joint_block(lines, where_body))
+            joint_blocks.append((lines.position, where_body))
+            lines.take(NUM_JOINTS, f"{NUM_JOINTS} joint lines of {where_body} "
+                                   f"({len(JOINT_FIELDS)} numbers each)")
     if lines.position < lines.end:
         raise lines.error(lines.position, f"expected the end of the file after {num_frames} frames, "
                                           f"got {_shown(lines.lines[lines.position])}")
@@ -128,8 +130,7 @@ def read_skeleton(path) -> RawSkeleton:
         path=path, bodies_per_frame=bodies_per_frame,
         body_ids=np.array(body_ids, dtype=np.int64),
         body_fields=np.array(body_fields, dtype=np.float64).reshape(-1, len(BODY_FIELDS) - 1),
-        joints=(np.stack(joint_blocks) if joint_blocks
-                else np.zeros((0, NUM_JOINTS, len(JOINT_FIELDS)))))
+        joints=_joint_values(lines, joint_blocks))
 
 
 def _body_line(lines: _Lines, where: str) -> tuple[int, list[float]]:
@@ -154,26 +155,31 @@ def _body_line(lines: _Lines, where: str) -> tuple[int, list[float]]:
     return body_id, values
 
 
-def _joint_block(lines: _Lines, where: str) -> np.ndarray:
-    first = lines.position
-    expected = f"{NUM_JOINTS} joint lines of {where} ({len(JOINT_FIELDS)} numbers each)"
-    rows = [line.split() for line in lines.take(NUM_JOINTS, expected)]
+def _joint_values(lines: _Lines, blocks: list[tuple[int, str]]) -> np.ndarray:
+    """(bodies, 25, 12) from every body's joint lines, read in one call (the bulk of the work);
+    when that fails, the lines are checked one by one to name the first bad one."""
+    text = [line for first, _ in blocks for line in lines.lines[first:first + NUM_JOINTS]]
+    shape = (len(blocks), NUM_JOINTS, len(JOINT_FIELDS))
+    if not text:
+        return np.zeros(shape)
     try:
-        if all(len(row) == len(JOINT_FIELDS) for row in rows):
-            block = np.array(rows, dtype=np.float64)
-            if np.isfinite(block).all():
-                return block
+        # comments=None: a '#' is garbage here, not a comment; blank lines, which loadtxt skips,
+        # show up as a wrong row count.
+        values = np.loadtxt(text, dtype=np.float64, comments=None, ndmin=2)
+        if values.shape == (len(text), len(JOINT_FIELDS)) and np.isfinite(values).all():
+            return values.reshape(shape)
     except ValueError:
-        pass  # numpy refused a field: the line-by-line pass below finds it or converts it
-    for offset, row in enumerate(rows):
-        problem = _joint_row_problem(row)
-        if problem:
-            raise lines.error(first + offset, f"expected joint {offset + 1} of {NUM_JOINTS} of "
-                                              f"{where}: {len(JOINT_FIELDS)} finite numbers "
-                                              f"(x y z ... trackingState), {problem}: "
-                                              f"{_shown(lines.lines[first + offset])}")
+        pass  # numpy refused a line: the pass below finds it
+    for first, where in blocks:
+        for offset in range(NUM_JOINTS):
+            problem = _joint_row_problem(lines.lines[first + offset].split())
+            if problem:
+                raise lines.error(first + offset, f"expected joint {offset + 1} of {NUM_JOINTS} of "
+                                                  f"{where}: {len(JOINT_FIELDS)} finite numbers "
+                                                  f"(x y z ... trackingState), {problem}: "
+                                                  f"{_shown(lines.lines[first + offset])}")
     # Every field is a number Python reads (numpy's reader is stricter about some spellings).
-    return np.array([[float(field) for field in row] for row in rows], dtype=np.float64)
+    return np.array([[float(field) for field in line.split()] for line in text]).reshape(shape)
 
 
 def _joint_row_problem(row: list[str]) -> str | None:
