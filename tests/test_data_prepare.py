@@ -226,3 +226,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert main(["prepare", "--dataset", "ntu60", "--raw-dir", str(tmp_path / "empty"),
                  "--out-dir", str(tmp_path / "out")]) == 2
     assert "no ntu60 .skeleton files" in capsys.readouterr().err
+    assert main(["prepare", "--dataset", "ntu60", "--raw-dir", str(tmp_path / "empty"),
+                 "--out-dir", str(tmp_path / "out"), "--benchmark", "xset"]) == 2
+    assert "ntu60 has no benchmark ['xset']" in capsys.readouterr().err
+    assert main(["prepare", "--dataset", "ntu60", "--raw-dir", str(tmp_path / "empty"),
+                 "--out-dir", str(tmp_path / "out"), "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
