@@ -65,6 +65,14 @@ def gather(context: Context, obj) -> list:
     return gathered
 
 
+def share_buffers(context: Context, module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm statistics), which DDP only syncs at the
+    start of each training forward, so that all processes evaluate the same model."""
+    if context.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def barrier(context: Context) -> None:
     if context.distributed:
         dist.barrier()

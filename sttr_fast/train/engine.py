@@ -211,7 +211,10 @@ class Trainer:
         while self.epoch < config.train.epochs:
             row = self._train_epoch()
             if (self.epoch + 1) % config.train.eval_interval == 0 or self.epoch + 1 == config.train.epochs:
-                result = evaluate(self.network, self.val_set, config, context, self.progress)
+                # the bare model: DDP's forward would need the same number of calls on every
+                # process, which uneven validation shards do not give
+                distributed.share_buffers(context, self.model)
+                result = evaluate(self.model, self.val_set, config, context, self.progress)
                 row.update(val_loss=result["loss"], val_top1=result["top1"], val_top5=result["top5"])
             self.epoch += 1
             self.scheduler.step()
