@@ -1,4 +1,5 @@
-"""The ``sttr`` command line: entry points, help, and the demo on random input."""
+"""The ``sttr`` command line: entry points, help, and the benchmark on random input."""
+import re
 import shutil
 import subprocess
 import sys
@@ -11,18 +12,20 @@ def test_module_and_console_script_show_help():
         assert command[0], "the sttr console script is not installed (pip install -e .)"
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
-        assert "demo" in result.stdout and "import-checkpoint" in result.stdout
+        for command in ("prepare", "train", "test", "ensemble", "import-checkpoint", "bench"):
+            assert command in result.stdout
 
 
-def test_demo_trains_and_infers_on_random_input(capsys):
-    assert main(["demo", "--stream", "temporal", "--frames", "16", "--steps", "2",
+def test_bench_trains_and_infers_on_random_input(capsys):
+    assert main(["bench", "--stream", "temporal", "--frames", "16", "--steps", "2",
                  "--batch-size", "2", "--num-classes", "7"]) == 0
     out = capsys.readouterr().out
     assert "1,754,737 parameters" in out  # T-TR joints: 1,768,358 - 53 * 257 for a 7-class head
-    assert out.count("train step") == 2
+    assert out.count("train step") == 3 and "(warm-up)" in out
+    assert re.search(r"training: [0-9.]+ samples/s", out)
     assert "logits (2, 7)" in out
 
 
-def test_demo_reports_bad_arguments_in_one_line(capsys):
-    assert main(["demo", "--frames", "18", "--steps", "1"]) == 2
+def test_bench_reports_bad_arguments_in_one_line(capsys):
+    assert main(["bench", "--frames", "18", "--steps", "1"]) == 2
     assert "divisible by 4" in capsys.readouterr().err

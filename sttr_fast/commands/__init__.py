@@ -1,4 +1,4 @@
 """Subcommands of ``sttr``: each module has ``add_parser(subparsers)`` setting ``run``."""
-from . import demo, ensemble, import_checkpoint, prepare, test, train
+from . import bench, ensemble, import_checkpoint, prepare, test, train
 
-COMMANDS = (demo, prepare, train, test, ensemble, import_checkpoint)
+COMMANDS = (prepare, train, test, ensemble, import_checkpoint, bench)

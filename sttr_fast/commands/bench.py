@@ -1,4 +1,4 @@
-"""``sttr demo``: build ST-TR and run training and inference steps on random skeletons."""
+"""``sttr bench``: time ST-TR training steps and inference on random skeletons."""
 from __future__ import annotations
 
 import time
@@ -6,16 +6,17 @@ import time
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run ST-TR on random input (a smoke test of the install)",
+        "bench", help="time training steps and inference on random input",
         description="Build S-TR or T-TR, run training steps (forward, backward, SGD) and one "
-                    "inference pass on random skeletons, and print shapes, parameters and times.")
+                    "inference pass on random skeletons, and print parameters, times and "
+                    "samples/s. The first step includes warm-up and is not counted.")
     parser.add_argument("--stream", choices=("spatial", "temporal"), default="spatial")
     parser.add_argument("--modality", choices=("joint", "joint_bone"), default="joint",
                         help="joint: 3 channels, 64 base channels; joint_bone: 6 and 128")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--frames", type=int, default=300, help="T, divisible by 4")
     parser.add_argument("--num-classes", type=int, default=60)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -52,7 +53,8 @@ def run(args) -> int:
     print(f"ST-TR {args.stream} stream, {args.modality}: {parameters:,} parameters on {device}")
     print(f"input {tuple(x.shape)} (N, C, T, V, M)")
     model.train()
-    for step in range(args.steps):
+    timed = 0.0
+    for step in range(args.steps + 1):
         _sync(device)
         start = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(x), labels)
@@ -60,13 +62,20 @@ def run(args) -> int:
         loss.backward()
         optimizer.step()
         _sync(device)
-        print(f"train step {step}: loss {loss.item():.4f}, {time.perf_counter() - start:.3f} s")
+        seconds = time.perf_counter() - start
+        timed += seconds if step else 0.0
+        print(f"train step {step}{' (warm-up)' if step == 0 else ''}: loss {loss.item():.4f}, "
+              f"{seconds:.3f} s")
+    if args.steps:
+        print(f"training: {args.batch_size * args.steps / timed:.2f} samples/s")
     model.eval()
     with torch.no_grad():
         start = time.perf_counter()
         logits = model(x)
         _sync(device)
-    print(f"inference: logits {tuple(logits.shape)}, {time.perf_counter() - start:.3f} s")
+    seconds = time.perf_counter() - start
+    print(f"inference: logits {tuple(logits.shape)}, {seconds:.3f} s, "
+          f"{args.batch_size / seconds:.2f} samples/s")
     if not torch.isfinite(logits).all():
         print("error: non-finite logits")
         return 1
