@@ -12,6 +12,11 @@ import torch
 from . import reference
 from .reference import drop_attention, sample_key_mask
 
+try:
+    from . import triton_spatial
+except ImportError:  # no triton on this platform: the reference backend alone
+    triton_spatial = None
+
 __all__ = ["spatial_attention", "temporal_attention", "available_backends", "drop_attention",
            "sample_key_mask"]
 
@@ -19,16 +24,30 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def available_backends() -> list[str]:
-    """Backends that can run on this machine; ``"auto"`` picks the best of them per device."""
-    return list(_SPATIAL_CORES)
+    """Backends that can run on this machine; ``"auto"`` picks the best of them per call."""
+    usable_triton = triton_spatial is not None and triton_spatial.usable()
+    return ["reference"] + (["triton"] if usable_triton else [])
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _resolve_backend(op: str, backend: str, cores: dict, qkv: torch.Tensor, key_mask) -> str:
+    """``"auto"``: the op's Triton core for CUDA tensors when there is one and no explicit key mask
+    asks for the reference; otherwise the reference."""
     if backend == "auto":
-        return "reference"
+        fused = "triton" in cores and qkv.device.type == "cuda" and key_mask is None
+        return "triton" if fused else "reference"
     if backend not in available_backends():
-        raise ValueError(f"unknown or unavailable attention backend {backend!r}; "
-                         f"expected 'auto' or one of {available_backends()}")
+        hint = ""
+        if backend == "triton" and triton_spatial is not None:
+            hint = (" (the triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 set before triton "
+                    "is imported to run it on the CPU)")
+        raise ValueError(f"{op}: unknown or unavailable attention backend {backend!r}; "
+                         f"expected 'auto' or one of {available_backends()}{hint}")
+    if backend not in cores:
+        raise ValueError(f"{op}: backend {backend!r} has no {op} core yet; use 'auto' or 'reference'")
+    if key_mask is not None and backend != "reference":
+        raise ValueError(f"{op}: an explicit key_mask needs backend='reference' (or 'auto'); the "
+                         f"{backend} backend draws its DropAttention mask in-kernel from p, got "
+                         f"backend={backend!r}")
     return backend
 
 
@@ -76,14 +95,20 @@ def _attention(op, cores, mask_shape_of, qkv, num_heads, dk, dv, p, key_mask, ba
     mask_shape = mask_shape_of(qkv, num_heads)
     if key_mask is not None:
         _check_key_mask(op, key_mask, mask_shape, qkv)
-    core = cores[_resolve_backend(backend, qkv.device)]
+    chosen = _resolve_backend(op, backend, cores, qkv, key_mask)
+    if chosen == "triton":
+        triton_spatial.check_input(op, qkv, num_heads, dk, dv)
+        return cores[chosen](qkv, num_heads, dk, dv, p)
     if key_mask is None and p > 0:
         key_mask = sample_key_mask(mask_shape, p, qkv.device)
-    return core(qkv, num_heads, dk, dv, key_mask)
+    return cores[chosen](qkv, num_heads, dk, dv, key_mask)
 
 
+# The reference cores take a key mask (sampled here when p > 0); fused cores take p and draw it.
 _SPATIAL_CORES = {"reference": reference.spatial_attention}
 _TEMPORAL_CORES = {"reference": reference.temporal_attention}
+if triton_spatial is not None:
+    _SPATIAL_CORES["triton"] = triton_spatial.spatial_attention
 
 
 def spatial_attention(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, *, p: float = 0.0,

@@ -1,0 +1,199 @@
+"""Ahead-of-time compilation of the attention kernels for sm_80 and sm_90; no GPU needed.
+
+Every kernel variant (dtype, DropAttention on/off, qkv layout, tile shape) is compiled with
+``triton.compiler.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` using the argument
+specialisation Triton's launcher would use for a real-sized problem, and the cubin's resource usage
+(registers, stack frame, local memory) is read with ``cuobjdump --dump-resource-usage``. Spilled
+registers live in the stack frame, so a config the launcher may pick must use neither stack nor
+local memory; the exit status is 1 when one does.
+
+    python -m sttr_fast.kernels.compile_report [--matrix ci|full] [--all-configs] [--jobs N] [--json PATH]
+
+Must run with ``TRITON_INTERPRET`` unset: the interpreter replaces kernels by Python functions.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+import triton
+from triton.backends.compiler import BaseBackend, GPUTarget
+from triton.compiler import ASTSource
+
+from . import dropattention_rng, spatial_attention
+
+ARCHS = (80, 90)
+# ST-TR's per-head splits at V=25 (joints: 4/16 and 8/32; joints+bones: 8/32 and 16/64), the
+# largest tiles the launcher accepts, and the smallest.
+SHAPES = ((25, 4, 16), (25, 8, 32), (25, 16, 64), (64, 64, 64), (7, 1, 1))
+# A real problem's size (N' = 32 clips x 2 persons, T = 300, 8 heads) for Triton's
+# specialisation of sizes and strides on divisibility by 16.
+BATCH, FRAMES, HEADS = 64, 300, 8
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    kernel: str            # "forward", "backward" or "key_mask"
+    dtype: str = "bf16"
+    drop: bool = True
+    layout: str = "contiguous"  # of qkv, the output and the gradients; or "channels_last"
+    shape: tuple[int, int, int] = (25, 4, 16)  # V, dk per head, dv per head
+
+
+def variants(matrix: str) -> list[Variant]:
+    """``full``: every combination. ``ci``: every shape but the smallest, in bf16 and fp32, with
+    DropAttention on and contiguous tensors — the most registers: fp16 compiles to bf16's code, and
+    DropAttention off and channels_last took fewer registers in every full run so far."""
+    attention = ("forward", "backward")
+    if matrix == "full":
+        chosen = [Variant(k, d, drop, layout, shape) for k in attention for d in _DTYPES
+                  for drop in (True, False) for layout in ("contiguous", "channels_last")
+                  for shape in SHAPES]
+    else:
+        chosen = [Variant(k, d, True, "contiguous", shape) for k in attention
+                  for d in ("bf16", "fp32") for shape in SHAPES[:-1]]
+    return chosen + [Variant("key_mask", dtype="bool", layout="flat")]
+
+
+def _problem(variant: Variant) -> tuple[triton.JITFunction, list, dict, list[triton.Config], list]:
+    """Kernel, launch arguments (meta tensors), constexprs, all configs and the pickable ones."""
+    if variant.kernel == "key_mask":
+        mask = torch.empty(BATCH * FRAMES * HEADS * 25, dtype=torch.bool, device="meta")
+        rng = torch.empty(2, dtype=torch.int64, device="meta")
+        config = triton.Config({"BLOCK": dropattention_rng._MASK_BLOCK}, num_warps=4, num_stages=1)
+        return (dropattention_rng._materialize_key_mask_kernel, [rng, mask, mask.numel(), 0.5], {},
+                [config], [config])
+    v, dkh, dvh = variant.shape
+    dk, dv = HEADS * dkh, HEADS * dvh
+    dtype = _DTYPES[variant.dtype]
+    layout = torch.channels_last if variant.layout == "channels_last" else torch.contiguous_format
+
+    def tensor(channels):
+        return torch.empty(BATCH, channels, FRAMES, v, dtype=dtype, device="meta", memory_format=layout)
+
+    qkv, out = tensor(2 * dk + dv), tensor(dv)
+    stats = torch.empty(BATCH * FRAMES, HEADS, v, dtype=torch.float32, device="meta")
+    p = 0.5 if variant.drop else 0.0
+    rng = torch.empty(2, dtype=torch.int64, device="meta") if variant.drop else None
+    if variant.kernel == "forward":
+        fn = spatial_attention.spatial_attention_forward_kernel
+        args, constants = spatial_attention.forward_arguments(qkv, HEADS, dk, dv, p, rng, out, stats)
+    else:
+        fn = spatial_attention.spatial_attention_backward_kernel
+        args, constants = spatial_attention.backward_arguments(out, qkv, stats, HEADS, dk, dv, p, rng,
+                                                               tensor(2 * dk + dv))
+    blocks = spatial_attention.block_sizes(v, dkh, dvh)
+    picked = spatial_attention.fitting_configs(spatial_attention.CONFIGS, variant.kernel,
+                                               qkv.element_size(), blocks["BLOCK_V"],
+                                               blocks["BLOCK_DK"], blocks["BLOCK_DV"])
+    return fn, args, constants, spatial_attention.CONFIGS, picked
+
+
+def _source(fn: triton.JITFunction, args: list, constants: dict) -> ASTSource:
+    """The ASTSource Triton's launcher builds for these arguments: integers equal to 1 and None
+    become constants, integers and pointers divisible by 16 get the divisibility attribute."""
+    from triton._C.libtriton import native_specialize_impl
+
+    positional = iter(args)
+    signature, constexprs, attrs = {}, {}, {}
+    for index, param in enumerate(fn.params):
+        if param.is_constexpr:
+            signature[param.name] = "constexpr"
+            constexprs[param.name] = constants[param.name]
+            continue
+        value = next(positional)
+        kind, specialisation = native_specialize_impl(BaseBackend, value, False, True, True)
+        signature[param.name] = kind
+        if kind == "constexpr":
+            constexprs[param.name] = value
+        elif isinstance(specialisation, str):
+            attrs[(index,)] = BaseBackend.parse_attr(specialisation)
+    return ASTSource(fn, signature, constexprs, attrs)
+
+
+_RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def _compile(job: tuple[Variant, int, int]) -> dict:
+    variant, arch, config_index = job
+    fn, args, constants, configs, picked = _problem(variant)
+    config = configs[config_index]
+    source = _source(fn, args, {**constants, **config.kwargs})
+    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                            options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([triton.knobs.nvidia.cuobjdump.path, "--dump-resource-usage", cubin.name],
+                               capture_output=True, text=True, check=True).stdout
+    found = _RESOURCES.search(usage)
+    if found is None:
+        raise RuntimeError(f"cuobjdump printed no resource usage for {variant} on sm_{arch}:\n{usage}")
+    registers, stack, shared, local = map(int, found.groups())
+    return {**dataclasses.asdict(variant), "arch": arch, "config": dict(config.kwargs),
+            "num_warps": config.num_warps, "picked": any(config is c for c in picked),
+            "registers": registers, "stack_bytes": stack, "local_bytes": local,
+            "shared_bytes": kernel.metadata.shared, "spills": stack > 0 or local > 0}
+
+
+def compile_all(matrix: str = "ci", all_configs: bool = False, jobs: int = 2) -> list[dict]:
+    """Compile the chosen variants for every arch; configs the launcher may pick, or all."""
+    work = []
+    for variant in variants(matrix):
+        _, _, _, configs, picked = _problem(variant)
+        work += [(variant, arch, index) for arch in ARCHS for index, config in enumerate(configs)
+                 if all_configs or any(config is c for c in picked)]
+    # Workers must not inherit an interpreter setting; compilation is CPU-bound, hence processes.
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(_compile, work))
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (f"{'kernel':<9}{'dtype':<6}{'drop':<6}{'layout':<14}{'V/dkh/dvh':<11}{'sm':<4}"
+              f"{'frames':>7}{'warps':>6}{'picked':>7}{'regs':>6}{'stack':>7}{'local':>7}{'smem':>8}")
+    lines = [header]
+    for r in rows:
+        frames = r["config"].get("BLOCK_F", "-")
+        shape = "/".join(map(str, r["shape"])) if r["kernel"] != "key_mask" else "-"
+        lines.append(f"{r['kernel']:<9}{r['dtype']:<6}{str(r['drop']):<6}{r['layout']:<14}{shape:<11}"
+                     f"{r['arch']:<4}{frames:>7}{r['num_warps']:>6}{'yes' if r['picked'] else 'no':>7}"
+                     f"{r['registers']:>6}{r['stack_bytes']:>7}{r['local_bytes']:>7}{r['shared_bytes']:>8}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--matrix", choices=("ci", "full"), default="ci")
+    parser.add_argument("--all-configs", action="store_true",
+                        help="also compile the configs the launcher prunes for a shape")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", help="also write the rows as JSON to this path")
+    options = parser.parse_args(argv)
+    if triton.knobs.runtime.interpret:
+        print("compile_report: unset TRITON_INTERPRET; the interpreter does not compile kernels",
+              file=sys.stderr)
+        return 2
+    rows = compile_all(options.matrix, options.all_configs, options.jobs)
+    print(format_table(rows))
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    spilled = [r for r in rows if r["picked"] and r["spills"]]
+    if spilled:
+        print(f"{len(spilled)} config(s) the launcher may pick use stack or local memory (spills)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
