@@ -4,8 +4,10 @@ Every kernel variant (dtype, DropAttention on/off, qkv layout, tile shape) is co
 ``triton.compiler.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` using the argument
 specialisation Triton's launcher would use for a real-sized problem, and the cubin's resource usage
 (registers, stack frame, local memory) is read with ``cuobjdump --dump-resource-usage``. Spilled
-registers live in the stack frame, so a config the launcher may pick must use neither stack nor
-local memory; the exit status is 1 when one does.
+registers live in the stack frame, so a config the launcher may pick within its register budget
+must use neither stack nor local memory; the exit status is 1 when one does. Where no config is
+within budget the launcher falls back to the smallest tiles; such rows say "fallback" and their
+spills are reported, not failed.
 
     python -m sttr_fast.kernels.compile_report [--matrix ci|full] [--all-configs] [--jobs N] [--json PATH]
 
@@ -64,14 +66,15 @@ def variants(matrix: str) -> list[Variant]:
     return chosen + [Variant("key_mask", dtype="bool", layout="flat")]
 
 
-def _problem(variant: Variant) -> tuple[triton.JITFunction, list, dict, list[triton.Config], list]:
-    """Kernel, launch arguments (meta tensors), constexprs, all configs and the pickable ones."""
+def _problem(variant: Variant) -> tuple[triton.JITFunction, list, dict, list[triton.Config], list, list]:
+    """Kernel, launch arguments (meta tensors), constexprs, all configs, the ones the launcher may
+    pick, and which configs are within the register budget."""
     if variant.kernel == "key_mask":
         mask = torch.empty(BATCH * FRAMES * HEADS * 25, dtype=torch.bool, device="meta")
         rng = torch.empty(2, dtype=torch.int64, device="meta")
         config = triton.Config({"BLOCK": dropattention_rng._MASK_BLOCK}, num_warps=4, num_stages=1)
         return (dropattention_rng._materialize_key_mask_kernel, [rng, mask, mask.numel(), 0.5], {},
-                [config], [config])
+                [config], [config], [True])
     v, dkh, dvh = variant.shape
     dk, dv = HEADS * dkh, HEADS * dvh
     dtype = _DTYPES[variant.dtype]
@@ -92,10 +95,11 @@ def _problem(variant: Variant) -> tuple[triton.JITFunction, list, dict, list[tri
         args, constants = spatial_attention.backward_arguments(out, qkv, stats, HEADS, dk, dv, p, rng,
                                                                tensor(2 * dk + dv))
     blocks = spatial_attention.block_sizes(v, dkh, dvh)
-    picked = spatial_attention.fitting_configs(spatial_attention.CONFIGS, variant.kernel,
-                                               qkv.element_size(), blocks["BLOCK_V"],
-                                               blocks["BLOCK_DK"], blocks["BLOCK_DV"])
-    return fn, args, constants, spatial_attention.CONFIGS, picked
+    shape = (qkv.element_size(), blocks["BLOCK_V"], blocks["BLOCK_DK"], blocks["BLOCK_DV"])
+    configs = spatial_attention.CONFIGS
+    picked = spatial_attention.fitting_configs(configs, variant.kernel, *shape)
+    fits = [spatial_attention.within_budget(c, variant.kernel, *shape) for c in configs]
+    return fn, args, constants, configs, picked, fits
 
 
 def _source(fn: triton.JITFunction, args: list, constants: dict) -> ASTSource:
@@ -125,7 +129,7 @@ _RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 def _compile(job: tuple[Variant, int, int]) -> dict:
     variant, arch, config_index = job
-    fn, args, constants, configs, picked = _problem(variant)
+    fn, args, constants, configs, picked, fits = _problem(variant)
     config = configs[config_index]
     source = _source(fn, args, {**constants, **config.kwargs})
     kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
@@ -140,7 +144,9 @@ def _compile(job: tuple[Variant, int, int]) -> dict:
         raise RuntimeError(f"cuobjdump printed no resource usage for {variant} on sm_{arch}:\n{usage}")
     registers, stack, shared, local = map(int, found.groups())
     return {**dataclasses.asdict(variant), "arch": arch, "config": dict(config.kwargs),
-            "num_warps": config.num_warps, "picked": any(config is c for c in picked),
+            "num_warps": config.num_warps, "num_stages": config.num_stages,
+            "picked": any(config is c for c in picked),
+            "within_budget": fits[config_index],
             "registers": registers, "stack_bytes": stack, "local_bytes": local,
             "shared_bytes": kernel.metadata.shared, "spills": stack > 0 or local > 0}
 
@@ -149,7 +155,7 @@ def compile_all(matrix: str = "ci", all_configs: bool = False, jobs: int = 2) ->
     """Compile the chosen variants for every arch; configs the launcher may pick, or all."""
     work = []
     for variant in variants(matrix):
-        _, _, _, configs, picked = _problem(variant)
+        _, _, _, configs, picked, _ = _problem(variant)
         work += [(variant, arch, index) for arch in ARCHS for index, config in enumerate(configs)
                  if all_configs or any(config is c for c in picked)]
     # Workers must not inherit an interpreter setting; compilation is CPU-bound, hence processes.
@@ -157,15 +163,26 @@ def compile_all(matrix: str = "ci", all_configs: bool = False, jobs: int = 2) ->
         return list(pool.map(_compile, work))
 
 
+def _pick_label(row: dict) -> str:
+    if not row["picked"]:
+        return "no"
+    return "yes" if row["within_budget"] else "fallback"
+
+
+def failures(rows: list[dict]) -> list[dict]:
+    """Configs the launcher may pick within budget that still use stack or local memory."""
+    return [r for r in rows if r["picked"] and r["within_budget"] and r["spills"]]
+
+
 def format_table(rows: list[dict]) -> str:
     header = (f"{'kernel':<9}{'dtype':<6}{'drop':<6}{'layout':<14}{'V/dkh/dvh':<11}{'sm':<4}"
-              f"{'frames':>7}{'warps':>6}{'picked':>7}{'regs':>6}{'stack':>7}{'local':>7}{'smem':>8}")
+              f"{'frames':>7}{'warps':>6}{'stages':>7}{'picked':>9}{'regs':>6}{'stack':>7}{'local':>7}{'smem':>8}")
     lines = [header]
     for r in rows:
         frames = r["config"].get("BLOCK_F", "-")
         shape = "/".join(map(str, r["shape"])) if r["kernel"] != "key_mask" else "-"
         lines.append(f"{r['kernel']:<9}{r['dtype']:<6}{str(r['drop']):<6}{r['layout']:<14}{shape:<11}"
-                     f"{r['arch']:<4}{frames:>7}{r['num_warps']:>6}{'yes' if r['picked'] else 'no':>7}"
+                     f"{r['arch']:<4}{frames:>7}{r['num_warps']:>6}{r['num_stages']:>7}{_pick_label(r):>9}"
                      f"{r['registers']:>6}{r['stack_bytes']:>7}{r['local_bytes']:>7}{r['shared_bytes']:>8}")
     return "\n".join(lines)
 
@@ -187,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if options.json:
         with open(options.json, "w") as f:
             json.dump(rows, f, indent=1)
-    spilled = [r for r in rows if r["picked"] and r["spills"]]
+    fallbacks = [r for r in rows if r["picked"] and not r["within_budget"]]
+    if fallbacks:
+        print(f"{len(fallbacks)} variant(s) have no config within the register budget; the launcher "
+              f"falls back to its smallest tiles ({sum(r['spills'] for r in fallbacks)} of them spill)")
+    spilled = failures(rows)
     if spilled:
         print(f"{len(spilled)} config(s) the launcher may pick use stack or local memory (spills)",
               file=sys.stderr)

@@ -22,10 +22,14 @@ _MASK_BLOCK = 1024
 
 
 @triton.jit
-def keep_keys(rng_ptr, flat_index, p):
+def load_rng_state(rng_ptr):
+    """The (seed, call offset) pair of a call, as int64 scalars."""
+    return tl.load(rng_ptr), tl.load(rng_ptr + 1)
+
+
+@triton.jit
+def keep_keys(seed, call_offset, flat_index, p):
     """Keep decisions (u >= p, u uniform in [0, 1)) for the keys at ``flat_index`` (int64 tensor)."""
-    seed = tl.load(rng_ptr)
-    call_offset = tl.load(rng_ptr + 1)
     index_lo = flat_index.to(tl.uint32)
     index_hi = (flat_index >> 32).to(tl.uint32)
     # philox wants four counter words of one shape.
@@ -39,7 +43,8 @@ def keep_keys(rng_ptr, flat_index, p):
 @triton.jit
 def _materialize_key_mask_kernel(rng_ptr, mask_ptr, numel, p, BLOCK: tl.constexpr):
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    tl.store(mask_ptr + index, keep_keys(rng_ptr, index, p), mask=index < numel)
+    seed, call_offset = load_rng_state(rng_ptr)
+    tl.store(mask_ptr + index, keep_keys(seed, call_offset, index, p), mask=index < numel)
 
 
 def new_rng_state(device: torch.device) -> torch.Tensor:
