@@ -4,6 +4,10 @@
 ``[q | k | v]`` with heads as contiguous channel chunks. The result is ``(N', dv, T, V)``, heads
 concatenated head-major. ``p`` is DropAttention's drop probability (pass 0 in eval mode);
 ``key_mask`` (reference backend only) replaces the random mask with a given boolean keep-mask.
+
+Backends: ``"reference"`` (eager PyTorch, the ground truth), ``"triton"`` (fused kernels from
+``sttr_fast.kernels``; spatial core only so far; CUDA tensors, or any under ``TRITON_INTERPRET=1``)
+and ``"auto"`` (Triton for CUDA tensors where it has a core, else the reference).
 """
 from __future__ import annotations
 
