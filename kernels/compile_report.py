@@ -29,6 +29,8 @@ import torch
 import triton
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
+# Triton's own argument specialisation, as its launcher applies it (private, in 3.6 and 3.9 alike).
+from triton._C.libtriton import native_specialize_impl
 
 from . import dropattention_rng, spatial_attention
 
@@ -53,8 +55,11 @@ class Variant:
 
 def variants(matrix: str) -> list[Variant]:
     """``full``: every combination. ``ci``: every shape but the smallest, in bf16 and fp32, with
-    DropAttention on and contiguous tensors — the most registers: fp16 compiles to bf16's code, and
-    DropAttention off and channels_last took fewer registers in every full run so far."""
+    DropAttention on and contiguous tensors, i.e. how ST-TR trains (fp16 compiles to bf16's code).
+    Full runs so far added only stack frames of 8-32 bytes at under 128 registers, which no
+    register budget predicts: two fp32 channels_last rows under Triton 3.6, and a dozen rows with
+    DropAttention off or channels_last under Triton 3.9, where its ``--regAllocOptLevel 2`` ptxas
+    flag causes them (ptxas without it uses no stack there)."""
     attention = ("forward", "backward")
     if matrix == "full":
         chosen = [Variant(k, d, drop, layout, shape) for k in attention for d in _DTYPES
@@ -105,8 +110,6 @@ def _problem(variant: Variant) -> tuple[triton.JITFunction, list, dict, list[tri
 def _source(fn: triton.JITFunction, args: list, constants: dict) -> ASTSource:
     """The ASTSource Triton's launcher builds for these arguments: integers equal to 1 and None
     become constants, integers and pointers divisible by 16 get the divisibility attribute."""
-    from triton._C.libtriton import native_specialize_impl
-
     positional = iter(args)
     signature, constexprs, attrs = {}, {}, {}
     for index, param in enumerate(fn.params):
