@@ -314,12 +314,14 @@ def test_the_triton_backend_rejects_what_it_cannot_run(call, message):
 
 
 @needs_gpu
-def test_the_triton_backend_rejects_cpu_and_float64_tensors_on_a_gpu_machine():
+def test_on_a_gpu_triton_rejects_cpu_and_float64_tensors_and_auto_leaves_them_to_the_reference():
     with pytest.raises(ValueError, match="needs a CUDA tensor, got one on cpu"):
         ops.spatial_attention(torch.randn(2, 32, 5, 25), 2, 8, 16, backend="triton")
+    qkv = torch.randn(2, 32, 5, 25, device=DEVICE, dtype=torch.float64)
     with pytest.raises(ValueError, match="got torch.float64"):
-        ops.spatial_attention(torch.randn(2, 32, 5, 25, device=DEVICE, dtype=torch.float64), 2, 8, 16,
-                              backend="triton")
+        ops.spatial_attention(qkv, 2, 8, 16, backend="triton")
+    assert torch.equal(ops.spatial_attention(qkv, 2, 8, 16, backend="auto"),
+                       ops.spatial_attention(qkv, 2, 8, 16, backend="reference"))
 
 
 def environment_without_interpreter() -> dict:

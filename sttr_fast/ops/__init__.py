@@ -33,11 +33,13 @@ def available_backends() -> list[str]:
     return ["reference"] + (["triton"] if usable_triton else [])
 
 
-def _resolve_backend(op: str, backend: str, cores: dict, qkv: torch.Tensor, key_mask) -> str:
-    """``"auto"``: the op's Triton core for CUDA tensors when there is one and no explicit key mask
+def _resolve_backend(op: str, backend: str, cores: dict, qkv: torch.Tensor, num_heads: int, dk: int,
+                     dv: int, key_mask) -> str:
+    """``"auto"``: the op's Triton core for CUDA tensors it can take, unless an explicit key mask
     asks for the reference; otherwise the reference."""
     if backend == "auto":
-        fused = "triton" in cores and qkv.device.type == "cuda" and key_mask is None
+        fused = ("triton" in cores and qkv.device.type == "cuda" and key_mask is None
+                 and triton_spatial.unsupported(op, qkv, num_heads, dk, dv) is None)
         return "triton" if fused else "reference"
     if backend not in available_backends():
         hint = ""
@@ -52,6 +54,10 @@ def _resolve_backend(op: str, backend: str, cores: dict, qkv: torch.Tensor, key_
         raise ValueError(f"{op}: an explicit key_mask needs backend='reference' (or 'auto'); the "
                          f"{backend} backend draws its DropAttention mask in-kernel from p, got "
                          f"backend={backend!r}")
+    if backend == "triton":
+        reason = triton_spatial.unsupported(op, qkv, num_heads, dk, dv)
+        if reason is not None:
+            raise ValueError(reason)
     return backend
 
 
@@ -99,9 +105,8 @@ def _attention(op, cores, mask_shape_of, qkv, num_heads, dk, dv, p, key_mask, ba
     mask_shape = mask_shape_of(qkv, num_heads)
     if key_mask is not None:
         _check_key_mask(op, key_mask, mask_shape, qkv)
-    chosen = _resolve_backend(op, backend, cores, qkv, key_mask)
+    chosen = _resolve_backend(op, backend, cores, qkv, num_heads, dk, dv, key_mask)
     if chosen == "triton":
-        triton_spatial.check_input(op, qkv, num_heads, dk, dv)
         return cores[chosen](qkv, num_heads, dk, dv, p)
     if key_mask is None and p > 0:
         key_mask = sample_key_mask(mask_shape, p, qkv.device)

@@ -25,21 +25,23 @@ def usable() -> bool:
     return INTERPRETED or torch.cuda.is_available()
 
 
-def check_input(op: str, qkv: torch.Tensor, num_heads: int, dk: int, dv: int) -> None:
-    """What the kernels need beyond the checks every backend shares (``ops._check_qkv``)."""
+def unsupported(op: str, qkv: torch.Tensor, num_heads: int, dk: int, dv: int) -> str | None:
+    """Why the kernels cannot take this input (beyond the checks every backend shares in
+    ``ops._check_qkv``), or None when they can."""
     if qkv.device.type != "cuda" and not INTERPRETED:
-        raise ValueError(f"{op}: backend='triton' needs a CUDA tensor, got one on {qkv.device} "
-                         "(to run the kernels on the CPU, set TRITON_INTERPRET=1 before triton is imported)")
+        return (f"{op}: backend='triton' needs a CUDA tensor, got one on {qkv.device} (to run the "
+                "kernels on the CPU, set TRITON_INTERPRET=1 before triton is imported)")
     dtypes = _DTYPES + ((torch.float64,) if INTERPRETED else ())
     if qkv.dtype not in dtypes:
-        raise ValueError(f"{op}: backend='triton' takes {', '.join(str(d) for d in dtypes)} input, "
-                         f"got {qkv.dtype}; use backend='reference'")
+        return (f"{op}: backend='triton' takes {', '.join(str(d) for d in dtypes)} input, "
+                f"got {qkv.dtype}; use backend='reference'")
     limit = kernels.MAX_TILE
     sizes = {"V (joints)": qkv.shape[3], "dk per head": dk // num_heads, "dv per head": dv // num_heads}
     too_large = {name: size for name, size in sizes.items() if size > limit}
     if too_large:
-        raise ValueError(f"{op}: backend='triton' handles at most {limit} joints and {limit} channels "
-                         f"per head, got {too_large}; use backend='reference'")
+        return (f"{op}: backend='triton' handles at most {limit} joints and {limit} channels "
+                f"per head, got {too_large}; use backend='reference'")
+    return None
 
 
 def _memory_format(qkv: torch.Tensor) -> torch.memory_format:
