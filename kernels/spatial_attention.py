@@ -71,6 +71,20 @@ def _head_tiles(frame_offset, joint_limit, head, stride_c, stride_v,
 
 
 @triton.jit
+def _load_head(qkv_ptr, frame, joint_limit, head, T, stride_n, stride_c, stride_t, stride_v,
+               H: tl.constexpr, DKH: tl.constexpr, DVH: tl.constexpr,
+               BLOCK_V: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """One head's q, k and v tiles of one frame, zero where masked, and their masks."""
+    q_offsets, k_offsets, qk_mask, v_offsets, v_mask = _head_tiles(
+        _frame_offset(frame, T, stride_n, stride_t), joint_limit, head, stride_c, stride_v,
+        H, DKH, DVH, BLOCK_V, BLOCK_DK, BLOCK_DV)
+    q = tl.load(qkv_ptr + q_offsets, mask=qk_mask, other=0.0)
+    k = tl.load(qkv_ptr + k_offsets, mask=qk_mask, other=0.0)
+    v = tl.load(qkv_ptr + v_offsets, mask=v_mask, other=0.0)
+    return q, k, v, qk_mask, v_mask
+
+
+@triton.jit
 def _program_frames(H: tl.constexpr, BLOCK_F: tl.constexpr):
     """This program's head and first frame. Heads vary fastest across programs, so programs
     running together read the same frames' channels and share their cache lines."""
@@ -104,12 +118,9 @@ def spatial_attention_forward_kernel(
         frame = first_frame + index
         # A frame past the end has no joints: every access of it is masked.
         joint_limit = tl.where(frame < n_frames, V, 0)
-        q_offsets, k_offsets, qk_mask, v_offsets, v_mask = _head_tiles(
-            _frame_offset(frame, T, qkv_stride_n, qkv_stride_t), joint_limit, head, qkv_stride_c,
+        q, k, v, qk_mask, v_mask = _load_head(
+            qkv_ptr, frame, joint_limit, head, T, qkv_stride_n, qkv_stride_c, qkv_stride_t,
             qkv_stride_v, H, DKH, DVH, BLOCK_V, BLOCK_DK, BLOCK_DV)
-        q = tl.load(qkv_ptr + q_offsets, mask=qk_mask, other=0.0)
-        k = tl.load(qkv_ptr + k_offsets, mask=qk_mask, other=0.0)
-        v = tl.load(qkv_ptr + v_offsets, mask=v_mask, other=0.0)
 
         s = tl.where(key_valid, tl.dot(q, tl.trans(k), input_precision="ieee") * scale, float("-inf"))
         row_max = tl.max(s, axis=1)
@@ -153,12 +164,9 @@ def spatial_attention_backward_kernel(
         frame = first_frame + index
         # A frame past the end has no joints: every access of it is masked.
         joint_limit = tl.where(frame < n_frames, V, 0)
-        q_offsets, k_offsets, qk_mask, v_offsets, v_mask = _head_tiles(
-            _frame_offset(frame, T, qkv_stride_n, qkv_stride_t), joint_limit, head, qkv_stride_c,
+        q, k, v, qk_mask, v_mask = _load_head(
+            qkv_ptr, frame, joint_limit, head, T, qkv_stride_n, qkv_stride_c, qkv_stride_t,
             qkv_stride_v, H, DKH, DVH, BLOCK_V, BLOCK_DK, BLOCK_DV)
-        q = tl.load(qkv_ptr + q_offsets, mask=qk_mask, other=0.0)
-        k = tl.load(qkv_ptr + k_offsets, mask=qk_mask, other=0.0)
-        v = tl.load(qkv_ptr + v_offsets, mask=v_mask, other=0.0)
         grad_out_offsets, _ = _tile(_frame_offset(frame, T, grad_out_stride_n, grad_out_stride_t),
                                     joint_limit, head * DVH, DVH, grad_out_stride_c, grad_out_stride_v,
                                     BLOCK_V, BLOCK_DV)
