@@ -43,17 +43,17 @@ fi
 
 bench_rc=skipped
 if [ "$step" = all ] || [ "$step" = bench ]; then
-  STTR_BENCH_SUMMARY="$out/bench_spatial_attention_summary.txt" \
-    timeout "${STTR_BENCH_TIMEOUT:-230}" "$python" -m pytest bench/bench_spatial_attention.py -q \
-    --benchmark-json "$out/bench_spatial_attention.json" --benchmark-group-by=group \
-    > "$out/bench_spatial_attention.txt" 2>&1
+  STTR_BENCH_SUMMARY="$out/bench_attention_summary.txt" \
+    timeout "${STTR_BENCH_TIMEOUT:-230}" "$python" -m pytest bench/bench_spatial_attention.py \
+    bench/bench_temporal_attention.py -q --benchmark-json "$out/bench_attention.json" \
+    --benchmark-group-by=group > "$out/bench_attention.txt" 2>&1
   bench_rc=$?
 fi
 
 echo "== results in $out (tests exit $tests_rc, benchmarks exit $bench_rc; 124 = timed out)"
 cat "$out/environment.txt"
 [ -f "$out/tests.txt" ] && tail -n 25 "$out/tests.txt"
-[ -f "$out/bench_spatial_attention_summary.txt" ] && cat "$out/bench_spatial_attention_summary.txt"
+[ -f "$out/bench_attention_summary.txt" ] && cat "$out/bench_attention_summary.txt"
 [ "$tests_rc" = 0 ] || [ "$tests_rc" = skipped ] || exit 1
 [ "$bench_rc" = 0 ] || [ "$bench_rc" = skipped ] || exit 1
 exit 0

@@ -9,7 +9,11 @@ must use neither stack nor local memory; the exit status is 1 when one does. Whe
 within budget the launcher falls back to the smallest tiles; such rows say "fallback" and their
 spills are reported, not failed.
 
-    python -m sttr_fast.kernels.compile_report [--matrix ci|full] [--all-configs] [--jobs N] [--json PATH]
+    python -m sttr_fast.kernels.compile_report [--matrix ci|full] [--family spatial|temporal|all]
+                                               [--all-configs] [--jobs N] [--json PATH]
+
+The temporal kernels have no register budget: every config the launcher may pick for a length (the
+least padded ones) must compile without spills.
 
 Must run with ``TRITON_INTERPRET`` unset: the interpreter replaces kernels by Python functions.
 """
@@ -32,7 +36,7 @@ from triton.compiler import ASTSource
 # Triton's own argument specialisation, as its launcher applies it (private, in 3.6 and 3.9 alike).
 from triton._C.libtriton import native_specialize_impl
 
-from . import dropattention_rng, spatial_attention
+from . import dropattention_rng, spatial_attention, temporal_attention
 
 ARCHS = (80, 90)
 # ST-TR's per-head splits at V=25 (joints: 4/16 and 8/32; joints+bones: 8/32 and 16/64), the
@@ -44,36 +48,88 @@ BATCH, FRAMES, HEADS = 64, 300, 8
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+# T-TR's TSA layers (L = 150 with dkh/dvh 4/16, L = 75 with 8/32; joints+bones double them), the
+# longest sequence the issue asks for, and the smallest problem.
+TEMPORAL_SHAPES = ((150, 4, 16), (75, 8, 32), (150, 8, 32), (75, 16, 64), (1024, 16, 64), (7, 1, 1))
+TEMPORAL_KERNELS = {"temporal_forward": temporal_attention.temporal_attention_forward_kernel,
+                    "temporal_backward_query": temporal_attention.temporal_attention_backward_query_kernel,
+                    "temporal_backward_key": temporal_attention.temporal_attention_backward_key_kernel}
+# The temporal batch: 64 sequences-of-joints problems of V = 25 joints.
+JOINTS = 25
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    kernel: str            # "forward", "backward" or "key_mask"
+    kernel: str            # "forward", "backward" (spatial), "key_mask" or one of TEMPORAL_KERNELS
     dtype: str = "bf16"
     drop: bool = True
-    layout: str = "contiguous"  # of qkv, the output and the gradients; or "channels_last"
-    shape: tuple[int, int, int] = (25, 4, 16)  # V, dk per head, dv per head
+    # Of qkv, the output and the gradients: "contiguous", "channels_last", or "frames_inner"
+    # (TSA's qkv: the convolution output (N', C, V, T) transposed, frames unit-stride); "flat".
+    layout: str = "contiguous"
+    shape: tuple[int, int, int] = (25, 4, 16)  # V (spatial) or L (temporal), dk per head, dv per head
 
 
-def variants(matrix: str) -> list[Variant]:
-    """``full``: every combination. ``ci``: every shape but the smallest, in bf16 and fp32, with
-    DropAttention on and contiguous tensors, i.e. how ST-TR trains (fp16 compiles to bf16's code).
-    Full runs so far added only stack frames of 8-32 bytes at under 128 registers, which no
+def variants(matrix: str, family: str = "all") -> list[Variant]:
+    """``full``: every combination. ``ci``: how ST-TR trains: DropAttention on, in bf16 (fp16
+    compiles to bf16's code) and fp32; spatial kernels on contiguous tensors at every shape but the
+    smallest, temporal kernels on TSA's layout at T-TR's shapes.
+    Spatial full runs so far added only stack frames of 8-32 bytes at under 128 registers, which no
     register budget predicts: two fp32 channels_last rows under Triton 3.6, and a dozen rows with
     DropAttention off or channels_last under Triton 3.9, where its ``--regAllocOptLevel 2`` ptxas
     flag causes them (ptxas without it uses no stack there)."""
-    attention = ("forward", "backward")
-    if matrix == "full":
-        chosen = [Variant(k, d, drop, layout, shape) for k in attention for d in _DTYPES
-                  for drop in (True, False) for layout in ("contiguous", "channels_last")
-                  for shape in SHAPES]
+    chosen = []
+    if family in ("spatial", "all"):
+        if matrix == "full":
+            chosen += [Variant(k, d, drop, layout, shape) for k in ("forward", "backward") for d in _DTYPES
+                       for drop in (True, False) for layout in ("contiguous", "channels_last")
+                       for shape in SHAPES]
+        else:
+            chosen += [Variant(k, d, True, "contiguous", shape) for k in ("forward", "backward")
+                       for d in ("bf16", "fp32") for shape in SHAPES[:-1]]
+        chosen.append(Variant("key_mask", dtype="bool", layout="flat"))
+    if family in ("temporal", "all"):
+        if matrix == "full":
+            chosen += [Variant(k, d, drop, layout, shape) for k in TEMPORAL_KERNELS for d in _DTYPES
+                       for drop in (True, False) for layout in ("frames_inner", "contiguous")
+                       for shape in TEMPORAL_SHAPES]
+        else:
+            chosen += [Variant(k, d, True, "frames_inner", shape) for k in TEMPORAL_KERNELS
+                       for d in ("bf16", "fp32") for shape in TEMPORAL_SHAPES[:5]]
+    return chosen
+
+
+def _temporal_problem(variant: Variant) -> tuple[triton.JITFunction, list, dict, list[triton.Config], list, list]:
+    length, dkh, dvh = variant.shape
+    dk, dv = HEADS * dkh, HEADS * dvh
+    dtype = _DTYPES[variant.dtype]
+
+    def tensor(channels):
+        if variant.layout == "frames_inner":
+            return torch.empty(BATCH, channels, JOINTS, length, dtype=dtype, device="meta").transpose(2, 3)
+        return torch.empty(BATCH, channels, length, JOINTS, dtype=dtype, device="meta")
+
+    qkv, out, grad_qkv = tensor(2 * dk + dv), tensor(dv), tensor(2 * dk + dv)
+    stats = torch.empty(BATCH * JOINTS, HEADS, length, dtype=torch.float32, device="meta")
+    p = 0.5 if variant.drop else 0.0
+    rng = torch.empty(2, dtype=torch.int64, device="meta") if variant.drop else None
+    if variant.kernel == "temporal_forward":
+        args, constants = temporal_attention.forward_arguments(qkv, HEADS, dk, dv, p, rng, out, stats)
+    elif variant.kernel == "temporal_backward_query":
+        args, constants = temporal_attention.backward_query_arguments(out, qkv, out, stats, stats, HEADS,
+                                                                      dk, dv, p, rng, grad_qkv)
     else:
-        chosen = [Variant(k, d, True, "contiguous", shape) for k in attention
-                  for d in ("bf16", "fp32") for shape in SHAPES[:-1]]
-    return chosen + [Variant("key_mask", dtype="bool", layout="flat")]
+        args, constants = temporal_attention.backward_key_arguments(out, qkv, stats, stats, HEADS, dk, dv,
+                                                                    p, rng, grad_qkv)
+    configs = temporal_attention.CONFIGS
+    picked = temporal_attention.least_padded_configs(configs, length)
+    return TEMPORAL_KERNELS[variant.kernel], args, constants, configs, picked, [True] * len(configs)
 
 
 def _problem(variant: Variant) -> tuple[triton.JITFunction, list, dict, list[triton.Config], list, list]:
     """Kernel, launch arguments (meta tensors), constexprs, all configs, the ones the launcher may
     pick, and which configs are within the register budget."""
+    if variant.kernel in TEMPORAL_KERNELS:
+        return _temporal_problem(variant)
     if variant.kernel == "key_mask":
         mask = torch.empty(BATCH * FRAMES * HEADS * 25, dtype=torch.bool, device="meta")
         rng = torch.empty(2, dtype=torch.int64, device="meta")
@@ -154,10 +210,11 @@ def _compile(job: tuple[Variant, int, int]) -> dict:
             "shared_bytes": kernel.metadata.shared, "spills": stack > 0 or local > 0}
 
 
-def compile_all(matrix: str = "ci", all_configs: bool = False, jobs: int = 2) -> list[dict]:
+def compile_all(matrix: str = "ci", all_configs: bool = False, jobs: int = 2,
+                family: str = "all") -> list[dict]:
     """Compile the chosen variants for every arch; configs the launcher may pick, or all."""
     work = []
-    for variant in variants(matrix):
+    for variant in variants(matrix, family):
         _, _, _, configs, picked, _ = _problem(variant)
         work += [(variant, arch, index) for arch in ARCHS for index, config in enumerate(configs)
                  if all_configs or any(config is c for c in picked)]
@@ -178,14 +235,16 @@ def failures(rows: list[dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (f"{'kernel':<9}{'dtype':<6}{'drop':<6}{'layout':<14}{'V/dkh/dvh':<11}{'sm':<4}"
-              f"{'frames':>7}{'warps':>6}{'stages':>7}{'picked':>9}{'regs':>6}{'stack':>7}{'local':>7}{'smem':>8}")
+    header = (f"{'kernel':<24}{'dtype':<6}{'drop':<6}{'layout':<14}{'V|L/dkh/dvh':<13}{'sm':<4}"
+              f"{'tile':>7}{'warps':>6}{'stages':>7}{'picked':>9}{'regs':>6}{'stack':>7}{'local':>7}{'smem':>8}")
     lines = [header]
     for r in rows:
-        frames = r["config"].get("BLOCK_F", "-")
+        config = r["config"]
+        tile = (str(config["BLOCK_F"]) if "BLOCK_F" in config
+                else f"{config['BLOCK_M']}x{config['BLOCK_N']}" if "BLOCK_M" in config else "-")
         shape = "/".join(map(str, r["shape"])) if r["kernel"] != "key_mask" else "-"
-        lines.append(f"{r['kernel']:<9}{r['dtype']:<6}{str(r['drop']):<6}{r['layout']:<14}{shape:<11}"
-                     f"{r['arch']:<4}{frames:>7}{r['num_warps']:>6}{r['num_stages']:>7}{_pick_label(r):>9}"
+        lines.append(f"{r['kernel']:<24}{r['dtype']:<6}{str(r['drop']):<6}{r['layout']:<14}{shape:<13}"
+                     f"{r['arch']:<4}{tile:>7}{r['num_warps']:>6}{r['num_stages']:>7}{_pick_label(r):>9}"
                      f"{r['registers']:>6}{r['stack_bytes']:>7}{r['local_bytes']:>7}{r['shared_bytes']:>8}")
     return "\n".join(lines)
 
@@ -193,6 +252,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--matrix", choices=("ci", "full"), default="ci")
+    parser.add_argument("--family", choices=("spatial", "temporal", "all"), default="all")
     parser.add_argument("--all-configs", action="store_true",
                         help="also compile the configs the launcher prunes for a shape")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -202,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print("compile_report: unset TRITON_INTERPRET; the interpreter does not compile kernels",
               file=sys.stderr)
         return 2
-    rows = compile_all(options.matrix, options.all_configs, options.jobs)
+    rows = compile_all(options.matrix, options.all_configs, options.jobs, options.family)
     print(format_table(rows))
     if options.json:
         with open(options.json, "w") as f:

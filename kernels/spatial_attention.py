@@ -23,17 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .attention_common import ACCUMULATOR, DROP_ATTENTION_EPS, padded_dim, softmax_scale
 from .dropattention_rng import keep_keys, load_rng_state
-
-# Spec §6: part of DropAttention's function, not a guard.
-DROP_ATTENTION_EPS = tl.constexpr(1e-8)
-# tl.dot needs every operand dimension >= 16 on NVIDIA GPUs.
-MIN_DOT_SIZE = 16
-# Joints and per-head dims beyond this would not fit a frame's tiles in registers.
-MAX_TILE = 64
-
-_TORCH_TO_ACCUMULATOR = {torch.float16: tl.float32, torch.bfloat16: tl.float32,
-                         torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 @triton.jit
@@ -93,12 +84,6 @@ def _program_frames(H: tl.constexpr, BLOCK_F: tl.constexpr):
 
 
 @triton.jit
-def _scale(ACC: tl.constexpr, DKH: tl.constexpr):
-    """1/sqrt(dkh), computed in the accumulator dtype (a float32 argument would round it)."""
-    return 1.0 / tl.sqrt(tl.full((1, 1), DKH, ACC))
-
-
-@triton.jit
 def spatial_attention_forward_kernel(
         qkv_ptr, out_ptr, stats_ptr, rng_ptr,
         n_frames, T, p,
@@ -111,7 +96,7 @@ def spatial_attention_forward_kernel(
     head, first_frame = _program_frames(H, BLOCK_F)
     joints = tl.arange(0, BLOCK_V)
     key_valid = (joints < V)[None, :]
-    scale = _scale(ACC, DKH)
+    scale = softmax_scale(ACC, DKH)
     if DROP:
         seed, call_offset = load_rng_state(rng_ptr)
     for index in range(BLOCK_F):
@@ -130,17 +115,29 @@ def spatial_attention_forward_kernel(
         # RNG counters.
         rows = (frame * H + head) * V + joints
         if DROP:
-            a = tl.where(keep_keys(seed, call_offset, rows, p)[None, :], a, 0.0)
-            # K + 1e-8·L > 0 even when every key is dropped, so such rows come out exactly 0.
-            denominator = tl.sum(a, axis=1) + DROP_ATTENTION_EPS * total
+            keep = keep_keys(seed, call_offset, rows, p)[None, :] & key_valid
+            # Kept weights are taken relative to the largest kept score, not the row's: relative
+            # to a dropped maximum they can sit below float16's smallest number and would vanish
+            # as 16-bit dot operands although K is still comparable to 1e-8·L. acc / (K + 1e-8·L)
+            # is unchanged when both are multiplied by shift = e^(max s - max kept s).
+            kept_max = tl.max(tl.where(keep, s, float("-inf")), axis=1)
+            # Any finite anchor serves rows without kept keys; it keeps -inf - -inf out of exp.
+            anchor = tl.where(kept_max > float("-inf"), kept_max, row_max)
+            a = tl.where(keep, tl.exp(s - anchor[:, None]), 0.0)
+            # inf when every key is dropped (kept_max = -inf): such rows come out exactly 0.
+            shift = tl.exp(row_max - kept_max)
+            kept_total = tl.sum(a, axis=1)
+            denominator = kept_total + DROP_ATTENTION_EPS * total * shift
+            log_denominator = tl.log(kept_total / shift + DROP_ATTENTION_EPS * total)
         else:
             denominator = total
+            log_denominator = tl.log(total)
         out = tl.dot(a.to(v.dtype), v, input_precision="ieee") / denominator[:, None]
 
         out_offsets, out_mask = _tile(_frame_offset(frame, T, out_stride_n, out_stride_t), joint_limit,
                                       head * DVH, DVH, out_stride_c, out_stride_v, BLOCK_V, BLOCK_DV)
         tl.store(out_ptr + out_offsets, out.to(out_ptr.dtype.element_ty), mask=out_mask)
-        tl.store(stats_ptr + rows, row_max + tl.log(denominator), mask=joints < joint_limit)
+        tl.store(stats_ptr + rows, row_max + log_denominator, mask=joints < joint_limit)
 
 
 @triton.jit
@@ -157,7 +154,7 @@ def spatial_attention_backward_kernel(
     head, first_frame = _program_frames(H, BLOCK_F)
     joints = tl.arange(0, BLOCK_V)
     key_valid = (joints < V)[None, :]
-    scale = _scale(ACC, DKH)
+    scale = softmax_scale(ACC, DKH)
     if DROP:
         seed, call_offset = load_rng_state(rng_ptr)
     for index in range(BLOCK_F):
@@ -274,16 +271,14 @@ _backward = triton.autotune(CONFIGS, key=_AUTOTUNE_KEY, prune_configs_by=_pruner
 
 def block_sizes(num_joints: int, dkh: int, dvh: int) -> dict[str, int]:
     """Padded tile sizes for V joints and per-head dims dkh, dvh (each <= 64)."""
-    return {"BLOCK_V": max(MIN_DOT_SIZE, triton.next_power_of_2(num_joints)),
-            "BLOCK_DK": max(MIN_DOT_SIZE, triton.next_power_of_2(dkh)),
-            "BLOCK_DV": max(MIN_DOT_SIZE, triton.next_power_of_2(dvh))}
+    return {"BLOCK_V": padded_dim(num_joints), "BLOCK_DK": padded_dim(dkh), "BLOCK_DV": padded_dim(dvh)}
 
 
 def _shape_constants(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, p: float) -> dict:
     v = qkv.shape[3]
     dkh, dvh = dk // num_heads, dv // num_heads
     return {"V": v, "H": num_heads, "DKH": dkh, "DVH": dvh, "DROP": p > 0,
-            "ACC": _TORCH_TO_ACCUMULATOR[qkv.dtype], **block_sizes(v, dkh, dvh)}
+            "ACC": ACCUMULATOR[qkv.dtype], **block_sizes(v, dkh, dvh)}
 
 
 def forward_arguments(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, p: float,

@@ -6,8 +6,6 @@ kernels fill starts as NaN, inputs are fresh random draws, and errors are norm-r
 float64 reference given the kernel's own DropAttention mask.
 """
 import json
-import os
-import random
 import subprocess
 import sys
 
@@ -20,14 +18,14 @@ import triton.language as tl  # noqa: E402
 from sttr_fast import STTR, SpatialSelfAttention, ops  # noqa: E402
 from sttr_fast.kernels.dropattention_rng import (keep_keys, load_rng_state, materialize_key_mask,  # noqa: E402
                                                  new_rng_state)
-from sttr_fast.ops import reference, triton_spatial  # noqa: E402
+from triton_harness import (CUDA, DEVICE, DTYPES, MODULE_DTYPE, TOLERANCE,  # noqa: E402
+                            assert_all_gradients_close, assert_gradients_match, check_core_against_reference,
+                            compare_under_autocast, compare_units, environment_without_interpreter,
+                            float64_reference, fresh_seed, nan_poisoned_buffers, needs_gpu, random_qkv,
+                            relative_error, without_compile_caches)
+from triton_harness import run_triton as run_op  # noqa: E402
 
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-# The interpreter's bfloat16 is wrong and CUDA kernels take no float64.
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [torch.float64])
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+pytestmark = pytest.mark.usefixtures(nan_poisoned_buffers.__name__)
 
 SHAPES = [  # (N', T, V, heads, dk per head, dv per head)
     (2, 5, 25, 2, 4, 8),     # ST-TR's 25 joints; 10 frames in blocks of 4 leave a ragged last block
@@ -38,85 +36,28 @@ SHAPES = [  # (N', T, V, heads, dk per head, dv per head)
 ]
 
 
-@pytest.fixture(autouse=True)
-def nan_poisoned_buffers(monkeypatch):
-    """Every output, statistics and gradient buffer starts as NaN, so an element a kernel fails
-    to write fails the finiteness checks."""
-    def allocate(shape, dtype, device, memory_format):
-        return torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format).fill_(float("nan"))
-    monkeypatch.setattr(triton_spatial, "_allocate", allocate)
-
-
-def fresh_seed() -> int:
-    return random.randrange(2**31)
-
-
-def random_qkv(shape, dtype, seed, memory_format=torch.contiguous_format):
-    n, t, v, heads, dkh, dvh = shape
-    generator = torch.Generator(DEVICE).manual_seed(seed)
-    qkv = torch.randn(n, 2 * heads * dkh + heads * dvh, t, v, dtype=torch.float64, device=DEVICE,
-                      generator=generator) * 1.5
-    qkv = qkv.to(dtype).contiguous(memory_format=memory_format).requires_grad_(True)
-    return qkv, heads, heads * dkh, heads * dvh
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor, scale: float | None = None) -> float:
-    """‖actual − expected‖ / (scale or ‖expected‖); infinite when actual has NaN or inf."""
-    if not torch.isfinite(actual).all():
-        return float("inf")
-    denominator = scale if scale is not None else expected.norm().item()
-    return (actual.double() - expected.double()).norm().item() / denominator
-
-
 def run_triton(qkv, heads, dk, dv, p, seed):
-    """The triton backend's output, and the key mask it drew (regenerated from the same seed)."""
-    torch.manual_seed(seed)
-    out = ops.spatial_attention(qkv, heads, dk, dv, p=p, backend="triton")
-    n, _, t, v = qkv.shape
-    torch.manual_seed(seed)
-    mask = materialize_key_mask(new_rng_state(qkv.device), (n, t, heads, v), p) if p > 0 else None
-    return out, mask
+    return run_op("spatial", qkv, heads, dk, dv, p, seed)
 
 
-def float64_reference(qkv, heads, dk, dv, mask):
-    exact = qkv.detach().double().requires_grad_(True)
-    return exact, reference.spatial_attention(exact, heads, dk, dv, key_mask=mask, use_sdpa=False)
-
-
-def assert_gradients_match(qkv, exact, dk, tolerance, seed):
-    """dq, dk and dv each against the reference, relative to the larger of their own norm and a
-    tenth of the whole gradient's: with two joints and one dropped, dq and dk are pure 1e-8-term
-    effects ~1e-7 of dv, which no float32 arithmetic (the reference's included) resolves."""
-    whole = exact.grad.norm().item()
-    for name, channels in (("dq", slice(0, dk)), ("dk", slice(dk, 2 * dk)), ("dv", slice(2 * dk, None))):
-        expected = exact.grad[:, channels]
-        scale = max(expected.norm().item(), 0.1 * whole)
-        error = relative_error(qkv.grad[:, channels], expected, scale)
-        assert error <= tolerance, f"{name}: relative error {error:.2e} > {tolerance:.0e} (seed {seed})"
+def spatial_reference(qkv, heads, dk, dv, mask):
+    return float64_reference("spatial", qkv, heads, dk, dv, mask)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.5])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_and_gradients_match_the_reference(shape, dtype, p):
-    seed = fresh_seed()
-    qkv, heads, dk, dv = random_qkv(shape, dtype, seed)
-    out, mask = run_triton(qkv, heads, dk, dv, p, seed)
-    exact, expected = float64_reference(qkv, heads, dk, dv, mask)
-    assert out.dtype == dtype and out.shape == expected.shape
-    error = relative_error(out, expected)
-    assert error <= TOLERANCE[dtype], f"output: relative error {error:.2e} (seed {seed})"
-    grad_out = torch.randn(expected.shape, dtype=torch.float64, device=DEVICE,
-                           generator=torch.Generator(DEVICE).manual_seed(seed))
-    out.backward(grad_out.to(dtype))
-    expected.backward(grad_out)
-    assert_gradients_match(qkv, exact, dk, TOLERANCE[dtype], seed)
+    check_core_against_reference("spatial", shape, dtype, p)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32] + ([torch.float64] if not CUDA else []), ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16] + ([torch.float64] if not CUDA else []),
+                         ids=str)
 def test_drop_attention_keeps_its_1e8_term(dtype):
     """A dropped key that holds nearly all the softmax mass: acc / (K + 1e-8 L) then differs
-    several-fold from a plain softmax over the kept keys, and the kernel must give the former."""
+    several-fold from a plain softmax over the kept keys, and the kernel must give the former.
+    The kept keys' weights relative to the dropped maximum (e^-20.5) are below float16's
+    smallest number, so 16-bit inputs also check that they survive as dot operands."""
     n, t, v, heads, dkh, dvh = 1, 16, 6, 1, 2, 3
     seed = fresh_seed()
     generator = torch.Generator().manual_seed(seed)
@@ -128,7 +69,7 @@ def test_drop_attention_keeps_its_1e8_term(dtype):
     qkv[:, dkh:2 * dkh, :, 1:] = 0.0
     qkv = qkv.to(DEVICE, dtype)
     out, mask = run_triton(qkv, heads, dkh, dvh, 0.5, seed)
-    _, expected = float64_reference(qkv, heads, dkh, dvh, mask)
+    _, expected = spatial_reference(qkv, heads, dkh, dvh, mask)
     assert relative_error(out, expected) <= TOLERANCE[dtype]
     out, expected, mask = out[0].double().cpu(), expected[0].cpu(), mask[0, :, 0].cpu()  # (d, T, V), (T, V)
     q, k, v = qkv[0].double().cpu().split([dkh, dkh, dvh])
@@ -197,7 +138,7 @@ def test_strided_inputs_and_zero_stride_gradients():
     qkv, heads, dk, dv = random_qkv(shape, dtype, seed, memory_format=torch.channels_last)
     out, mask = run_triton(qkv, heads, dk, dv, 0.5, seed)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    exact, expected = float64_reference(qkv, heads, dk, dv, mask)
+    exact, expected = spatial_reference(qkv, heads, dk, dv, mask)
     assert relative_error(out, expected) <= TOLERANCE[dtype]
     out.sum().backward()
     expected.sum().backward()
@@ -208,17 +149,8 @@ def test_strided_inputs_and_zero_stride_gradients():
     sliced = wider.detach()[:, 3:3 + qkv.shape[1]].requires_grad_(True)
     assert not sliced.is_contiguous()
     out, mask = run_triton(sliced, heads, dk, dv, 0.5, seed)
-    _, expected = float64_reference(sliced, heads, dk, dv, mask)
+    _, expected = spatial_reference(sliced, heads, dk, dv, mask)
     assert relative_error(out, expected) <= TOLERANCE[dtype]
-
-
-def assert_all_gradients_close(fused_grads, plain_grads, tolerance):
-    """Some gradients vanish exactly (the bias before a training-mode BatchNorm, the key bias under
-    softmax's shift invariance) and hold rounding noise; they are measured on the largest's scale."""
-    largest = max(grad.norm().item() for grad in plain_grads)
-    for index, (fused_grad, plain_grad) in enumerate(zip(fused_grads, plain_grads)):
-        scale = max(plain_grad.norm().item(), 1e-3 * largest)
-        assert relative_error(fused_grad, plain_grad, scale) <= tolerance, f"gradient {index}"
 
 
 def ssa_pair(dtype, drop_attention, seed, in_channels=16, out_channels=32):
@@ -232,29 +164,17 @@ def ssa_pair(dtype, drop_attention, seed, in_channels=16, out_channels=32):
     return fused.to(DEVICE, dtype), plain.to(DEVICE, dtype)
 
 
-MODULE_DTYPE = torch.float32 if CUDA else torch.float64
-
-
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_the_ssa_unit_with_triton_equals_the_reference_unit(mode):
     seed = fresh_seed()
     fused, plain = ssa_pair(MODULE_DTYPE, 0.0, seed)
     x = torch.randn(2, 16, 5, 25, dtype=MODULE_DTYPE, device=DEVICE,
                     generator=torch.Generator(DEVICE).manual_seed(seed))
-    outputs, grads = [], []
-    for module in (fused, plain):
-        module.train(mode == "train")
-        xi = x.clone().requires_grad_(True)
-        out = module(xi)
-        out.backward(torch.cos(out.detach()))
-        outputs.append(out)
-        grads.append([xi.grad] + [p.grad for p in module.parameters()])
-    tolerance = TOLERANCE[MODULE_DTYPE] * 10
-    assert relative_error(outputs[0], outputs[1]) <= tolerance
-    assert_all_gradients_close(grads[0], grads[1], tolerance)
+    compare_units(fused, plain, x, mode, TOLERANCE[MODULE_DTYPE] * 10)
 
 
 @pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.usefixtures(without_compile_caches.__name__)
 def test_torch_compile_traces_the_unit_without_graph_breaks(compiler):
     """fullgraph=True fails on any graph break; the compiled unit must also equal the eager one,
     in training with DropAttention too where the seed comes from the same generator (aot_eager;
@@ -282,27 +202,13 @@ def test_autocast_passes_its_dtype_through():
     seed = fresh_seed()
     fused, plain = ssa_pair(torch.float32, 0.0, seed)
     x = torch.randn(2, 16, 5, 25, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(seed))
-    low = torch.bfloat16 if CUDA else torch.float16
-    results = []
-    for module in (fused, plain):
-        module.eval()
-        xi = x.clone().requires_grad_(True)
-        with torch.autocast(DEVICE.type, dtype=low):
-            qkv = module.qkv(xi)
-            attended = ops.spatial_attention(qkv, 4, module.dk, module.dv, backend=module.backend)
-            out = module(xi)
-        assert qkv.dtype == low and attended.dtype == low
-        out.float().square().sum().backward()
-        results.append((out.float(), xi.grad))
-    for fused_value, plain_value in zip(*results):
-        assert relative_error(fused_value, plain_value) <= 2e-2
+    compare_under_autocast("spatial", fused, plain, x, heads=4)
 
 
 @pytest.mark.parametrize("call,message", [
     (lambda x: ops.spatial_attention(x, 2, 8, 16, backend="triton",
                                      key_mask=torch.ones(2, 5, 2, 25, dtype=torch.bool, device=DEVICE)),
      "key_mask needs backend='reference'"),
-    (lambda x: ops.temporal_attention(x, 2, 8, 16, backend="triton"), "no temporal_attention core"),
     (lambda x: ops.spatial_attention(torch.randn(1, 32, 2, 65, device=DEVICE), 2, 8, 16, backend="triton"),
      "at most 64 joints"),
     (lambda x: ops.spatial_attention(torch.randn(1, 131, 2, 3, device=DEVICE), 1, 65, 1, backend="triton"),
@@ -322,10 +228,6 @@ def test_on_a_gpu_triton_rejects_cpu_and_float64_tensors_and_auto_leaves_them_to
         ops.spatial_attention(qkv, 2, 8, 16, backend="triton")
     assert torch.equal(ops.spatial_attention(qkv, 2, 8, 16, backend="auto"),
                        ops.spatial_attention(qkv, 2, 8, 16, backend="reference"))
-
-
-def environment_without_interpreter() -> dict:
-    return {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
 
 
 def test_without_the_interpreter_backends_tell_the_truth():
@@ -362,14 +264,14 @@ def test_every_config_the_launcher_may_pick_compiles_for_sm80_and_sm90_without_s
 
     rows_path = tmp_path / "rows.json"
     result = subprocess.run([sys.executable, "-m", "sttr_fast.kernels.compile_report", "--matrix", "ci",
-                             "--json", str(rows_path)], env=environment_without_interpreter(),
-                            capture_output=True, text=True, timeout=900)
+                             "--family", "spatial", "--json", str(rows_path)],
+                            env=environment_without_interpreter(), capture_output=True, text=True, timeout=900)
     print(result.stdout)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     rows = json.loads(rows_path.read_text())
     assert {r["arch"] for r in rows} == {80, 90}
     compiled = {(r["kernel"], r["dtype"], tuple(r["shape"])) for r in rows}
-    expected = {(v.kernel, v.dtype, v.shape) for v in compile_report.variants("ci")}
+    expected = {(v.kernel, v.dtype, v.shape) for v in compile_report.variants("ci", "spatial")}
     assert compiled == expected
     assert all(r["picked"] and 0 < r["registers"] <= 255 for r in rows)
     assert compile_report.failures(rows) == []
@@ -391,15 +293,7 @@ SSA_LAYERS = [(300, 4, 16), (150, 4, 16), (150, 4, 16), (150, 8, 32), (75, 8, 32
 @pytest.mark.parametrize("layer", range(6))
 def test_real_ssa_shapes_on_the_gpu(layer, streams, dtype, p):
     t, dkh, dvh = SSA_LAYERS[layer]
-    seed = fresh_seed()
-    qkv, heads, dk, dv = random_qkv((64, t, 25, 8, dkh * streams, dvh * streams), dtype, seed)
-    out, mask = run_triton(qkv, heads, dk, dv, p, seed)
-    exact, expected = float64_reference(qkv, heads, dk, dv, mask)
-    assert relative_error(out, expected) <= TOLERANCE[dtype]
-    grad_out = torch.randn_like(expected)
-    out.backward(grad_out.to(dtype))
-    expected.backward(grad_out)
-    assert_gradients_match(qkv, exact, dk, TOLERANCE[dtype], seed)
+    check_core_against_reference("spatial", (64, t, 25, 8, dkh * streams, dvh * streams), dtype, p)
 
 
 @needs_gpu

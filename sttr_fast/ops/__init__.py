@@ -6,8 +6,8 @@ concatenated head-major. ``p`` is DropAttention's drop probability (pass 0 in ev
 ``key_mask`` (reference backend only) replaces the random mask with a given boolean keep-mask.
 
 Backends: ``"reference"`` (eager PyTorch, the ground truth), ``"triton"`` (fused kernels from
-``sttr_fast.kernels``; spatial core only so far; CUDA tensors, or any under ``TRITON_INTERPRET=1``)
-and ``"auto"`` (Triton for CUDA tensors where it has a core, else the reference).
+``sttr_fast.kernels``; CUDA tensors, or any under ``TRITON_INTERPRET=1``) and ``"auto"`` (Triton for
+CUDA tensors it can take, else the reference).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from . import reference
 from .reference import drop_attention, sample_key_mask
 
 try:
-    from . import triton_spatial
+    from . import triton_backend
 except ImportError:  # no triton on this platform: the reference backend alone
-    triton_spatial = None
+    triton_backend = None
 
 __all__ = ["spatial_attention", "temporal_attention", "available_backends", "drop_attention",
            "sample_key_mask"]
@@ -29,7 +29,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def available_backends() -> list[str]:
     """Backends that can run on this machine; ``"auto"`` picks the best of them per call."""
-    usable_triton = triton_spatial is not None and triton_spatial.usable()
+    usable_triton = triton_backend is not None and triton_backend.usable()
     return ["reference"] + (["triton"] if usable_triton else [])
 
 
@@ -39,23 +39,21 @@ def _resolve_backend(op: str, backend: str, cores: dict, qkv: torch.Tensor, num_
     asks for the reference; otherwise the reference."""
     if backend == "auto":
         fused = ("triton" in cores and qkv.device.type == "cuda" and key_mask is None
-                 and triton_spatial.unsupported(op, qkv, num_heads, dk, dv) is None)
+                 and triton_backend.unsupported(op, qkv, num_heads, dk, dv) is None)
         return "triton" if fused else "reference"
     if backend not in available_backends():
         hint = ""
-        if backend == "triton" and triton_spatial is not None:
+        if backend == "triton" and triton_backend is not None:
             hint = (" (the triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 set before triton "
                     "is imported to run it on the CPU)")
         raise ValueError(f"{op}: unknown or unavailable attention backend {backend!r}; "
                          f"expected 'auto' or one of {available_backends()}{hint}")
-    if backend not in cores:
-        raise ValueError(f"{op}: backend {backend!r} has no {op} core yet; use 'auto' or 'reference'")
     if key_mask is not None and backend != "reference":
         raise ValueError(f"{op}: an explicit key_mask needs backend='reference' (or 'auto'); the "
                          f"{backend} backend draws its DropAttention mask in-kernel from p, got "
                          f"backend={backend!r}")
     if backend == "triton":
-        reason = triton_spatial.unsupported(op, qkv, num_heads, dk, dv)
+        reason = triton_backend.unsupported(op, qkv, num_heads, dk, dv)
         if reason is not None:
             raise ValueError(reason)
     return backend
@@ -116,8 +114,9 @@ def _attention(op, cores, mask_shape_of, qkv, num_heads, dk, dv, p, key_mask, ba
 # The reference cores take a key mask (sampled here when p > 0); fused cores take p and draw it.
 _SPATIAL_CORES = {"reference": reference.spatial_attention}
 _TEMPORAL_CORES = {"reference": reference.temporal_attention}
-if triton_spatial is not None:
-    _SPATIAL_CORES["triton"] = triton_spatial.spatial_attention
+if triton_backend is not None:
+    _SPATIAL_CORES["triton"] = triton_backend.spatial_attention
+    _TEMPORAL_CORES["triton"] = triton_backend.temporal_attention
 
 
 def spatial_attention(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, *, p: float = 0.0,

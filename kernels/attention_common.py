@@ -1,0 +1,27 @@
+"""Constants and helpers the spatial and temporal attention kernels share."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Spec §6: part of DropAttention's function, not a guard.
+DROP_ATTENTION_EPS = tl.constexpr(1e-8)
+# tl.dot needs every operand dimension >= 16 on NVIDIA GPUs.
+MIN_DOT_SIZE = 16
+# Per-head dims (and the spatial kernel's joints) beyond this would not fit a tile in registers.
+MAX_TILE = 64
+
+ACCUMULATOR = {torch.float16: tl.float32, torch.bfloat16: tl.float32,
+               torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+@triton.jit
+def softmax_scale(ACC: tl.constexpr, DKH: tl.constexpr):
+    """1/sqrt(dkh), computed in the accumulator dtype (a float32 argument would round it)."""
+    return 1.0 / tl.sqrt(tl.full((1, 1), DKH, ACC))
+
+
+def padded_dim(size: int) -> int:
+    """The tile size for a per-head dim or a joint count: a power of two, at least MIN_DOT_SIZE."""
+    return max(MIN_DOT_SIZE, triton.next_power_of_2(size))

@@ -1,0 +1,167 @@
+"""What the tests of the fused Triton cores share: devices and tolerances, NaN-poisoned buffers,
+random inputs, the kernels' own DropAttention mask, a float64 reference and error measures.
+
+Without a GPU the kernels run in Triton's CPU interpreter (tests/conftest.py) in float64, float32
+and float16; with one they run there, with bfloat16 added. Errors are norm-relative to a float64
+reference given the kernel's own DropAttention mask.
+"""
+import os
+import random
+
+import pytest
+import torch
+
+from sttr_fast import ops
+from sttr_fast.kernels.dropattention_rng import materialize_key_mask, new_rng_state
+from sttr_fast.ops import reference, triton_backend
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+needs_gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+# The interpreter's bfloat16 is wrong and CUDA kernels take no float64.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [torch.float64])
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+# Units are checked in float32 on a GPU; the interpreter affords float64 and so a tighter check.
+MODULE_DTYPE = torch.float32 if CUDA else torch.float64
+
+OPS = {"spatial": ops.spatial_attention, "temporal": ops.temporal_attention}
+REFERENCE_CORES = {"spatial": reference.spatial_attention, "temporal": reference.temporal_attention}
+
+
+@pytest.fixture
+def nan_poisoned_buffers(monkeypatch):
+    """Every output, statistics, scratch and gradient buffer starts as NaN, so an element a kernel
+    fails to write fails the finiteness checks."""
+    def allocate(shape, dtype, device):
+        return torch.empty(shape, dtype=dtype, device=device).fill_(float("nan"))
+    monkeypatch.setattr(triton_backend, "_allocate", allocate)
+
+
+def fresh_seed() -> int:
+    return random.randrange(2**31)
+
+
+def random_qkv(shape, dtype, seed, memory_format=torch.contiguous_format):
+    """qkv of ``shape`` = (N', T, V, heads, dk per head, dv per head), values of scale 1.5 so that
+    softmax rows range from flat to peaked; returns it with heads, dk and dv."""
+    n, t, v, heads, dkh, dvh = shape
+    generator = torch.Generator(DEVICE).manual_seed(seed)
+    qkv = torch.randn(n, 2 * heads * dkh + heads * dvh, t, v, dtype=torch.float64, device=DEVICE,
+                      generator=generator) * 1.5
+    qkv = qkv.to(dtype).contiguous(memory_format=memory_format).requires_grad_(True)
+    return qkv, heads, heads * dkh, heads * dvh
+
+
+def key_mask_shape(op: str, qkv: torch.Tensor, heads: int) -> tuple[int, ...]:
+    n, _, t, v = qkv.shape
+    return (n, t, heads, v) if op == "spatial" else (n, v, heads, t)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor, scale: float | None = None) -> float:
+    """‖actual − expected‖ / (scale or ‖expected‖); infinite when actual has NaN or inf."""
+    if not torch.isfinite(actual).all():
+        return float("inf")
+    denominator = scale if scale is not None else expected.norm().item()
+    return (actual.double() - expected.double()).norm().item() / denominator
+
+
+def run_triton(op, qkv, heads, dk, dv, p, seed):
+    """The triton backend's output, and the key mask it drew (regenerated from the same seed)."""
+    torch.manual_seed(seed)
+    out = OPS[op](qkv, heads, dk, dv, p=p, backend="triton")
+    torch.manual_seed(seed)
+    mask = (materialize_key_mask(new_rng_state(qkv.device), key_mask_shape(op, qkv, heads), p)
+            if p > 0 else None)
+    return out, mask
+
+
+def float64_reference(op, qkv, heads, dk, dv, mask):
+    exact = qkv.detach().double().requires_grad_(True)
+    return exact, REFERENCE_CORES[op](exact, heads, dk, dv, key_mask=mask, use_sdpa=False)
+
+
+def assert_gradients_match(qkv, exact, dk, tolerance, seed):
+    """dq, dk and dv each against the reference, relative to the larger of their own norm and a
+    tenth of the whole gradient's: with two keys and one dropped, dq and dk are pure 1e-8-term
+    effects ~1e-7 of dv, which no float32 arithmetic (the reference's included) resolves."""
+    whole = exact.grad.norm().item()
+    for name, channels in (("dq", slice(0, dk)), ("dk", slice(dk, 2 * dk)), ("dv", slice(2 * dk, None))):
+        expected = exact.grad[:, channels]
+        scale = max(expected.norm().item(), 0.1 * whole)
+        error = relative_error(qkv.grad[:, channels], expected, scale)
+        assert error <= tolerance, f"{name}: relative error {error:.2e} > {tolerance:.0e} (seed {seed})"
+
+
+def check_core_against_reference(op, shape, dtype, p, tolerance=None):
+    """Forward and all three gradients of one fresh random problem against the float64 reference."""
+    tolerance = tolerance or TOLERANCE[dtype]
+    seed = fresh_seed()
+    qkv, heads, dk, dv = random_qkv(shape, dtype, seed)
+    out, mask = run_triton(op, qkv, heads, dk, dv, p, seed)
+    exact, expected = float64_reference(op, qkv, heads, dk, dv, mask)
+    assert out.dtype == dtype and out.shape == expected.shape
+    error = relative_error(out, expected)
+    assert error <= tolerance, f"output: relative error {error:.2e} (seed {seed})"
+    grad_out = torch.randn(expected.shape, dtype=torch.float64, device=DEVICE,
+                           generator=torch.Generator(DEVICE).manual_seed(seed))
+    out.backward(grad_out.to(dtype))
+    expected.backward(grad_out)
+    assert_gradients_match(qkv, exact, dk, tolerance, seed)
+
+
+def assert_all_gradients_close(fused_grads, plain_grads, tolerance):
+    """Some gradients vanish exactly (the bias before a training-mode BatchNorm, the key bias under
+    softmax's shift invariance) and hold rounding noise; they are measured on the largest's scale."""
+    largest = max(grad.norm().item() for grad in plain_grads)
+    for index, (fused_grad, plain_grad) in enumerate(zip(fused_grads, plain_grads)):
+        scale = max(plain_grad.norm().item(), 1e-3 * largest)
+        assert relative_error(fused_grad, plain_grad, scale) <= tolerance, f"gradient {index}"
+
+
+def compare_units(fused, plain, x, mode, tolerance):
+    """A unit with the triton backend against the same unit (same state) with the reference:
+    output, input gradient and every parameter gradient, in ``mode`` ("eval" or "train")."""
+    outputs, grads = [], []
+    for module in (fused, plain):
+        module.train(mode == "train")
+        xi = x.clone().requires_grad_(True)
+        out = module(xi)
+        out.backward(torch.cos(out.detach()))
+        outputs.append(out)
+        grads.append([xi.grad] + [p.grad for p in module.parameters()])
+    assert relative_error(outputs[0], outputs[1]) <= tolerance
+    assert_all_gradients_close(grads[0], grads[1], tolerance)
+
+
+def compare_under_autocast(op, fused, plain, x, heads):
+    """Under autocast the qkv projection and the core both run in the low dtype, and the unit with
+    the triton backend equals the one with the reference in eval mode, output and input gradient."""
+    low = torch.bfloat16 if CUDA else torch.float16
+    results = []
+    for module in (fused, plain):
+        module.eval()
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast(DEVICE.type, dtype=low):
+            qkv = module.qkv(xi)
+            attended = OPS[op](qkv, heads, module.dk, module.dv, backend=module.backend)
+            out = module(xi)
+        assert qkv.dtype == low and attended.dtype == low
+        out.float().square().sum().backward()
+        results.append((out.float(), xi.grad))
+    for fused_value, plain_value in zip(*results):
+        assert relative_error(fused_value, plain_value) <= 2e-2
+
+
+def environment_without_interpreter() -> dict:
+    return {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+
+
+@pytest.fixture
+def without_compile_caches(monkeypatch):
+    """torch.compile recompiles instead of loading graphs cached by an earlier run: its caches key a
+    graph without the schemas of the custom ops in it, so a graph cached before a schema change
+    would call the ops with stale arguments."""
+    import torch._functorch.config
+    import torch._inductor.config
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
