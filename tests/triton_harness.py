@@ -157,11 +157,11 @@ def environment_without_interpreter() -> dict:
 
 
 @pytest.fixture
-def without_compile_caches(monkeypatch):
+def without_compile_caches():
     """torch.compile recompiles instead of loading graphs cached by an earlier run: its caches key a
     graph without the schemas of the custom ops in it, so a graph cached before a schema change
     would call the ops with stale arguments."""
-    import torch._functorch.config
-    import torch._inductor.config
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    from torch._functorch import config as functorch_config
+    from torch._inductor import config as inductor_config
+    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+        yield
