@@ -7,7 +7,7 @@ keys are all dropped). Every implementation starts from the qkv projection's out
 the head-concatenated (N', dv, T, V) output, so permute copies and mask sampling are included.
 
 Times are medians of CUDA-event timings (``triton.testing.do_bench``, many repetitions) and go to
-``extra_info`` with the lower bound DESIGN.md asks for: the fewest bytes the op must move (qkv read
+``extra_info`` with a lower bound for each op: the fewest bytes the op must move (qkv read
 and output written once; backward: qkv and dO read, dqkv written) over the measured device-to-device
 copy bandwidth, and the exponentials the kernels compute (padded tiles included) over the measured
 exp rate; ``fraction_of_bound`` = bound / achieved. pytest-benchmark's own table times the same

@@ -10,7 +10,7 @@ import torch
 from sttr_fast.ops import reference
 
 BATCH = 4  # N = 4 samples x M = 2 persons
-# ST-TR layers, joints (spec §4, §5): (name, kind, T, dkh, dvh); 8 heads, V = 25
+# ST-TR layers, joints (docs/network.md §6, §7): (name, kind, T, dkh, dvh); 8 heads, V = 25
 LAYERS = [
     ("ssa-unit3", "spatial", 300, 4, 16),
     ("ssa-unit4", "spatial", 150, 4, 16),

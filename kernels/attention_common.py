@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-# Spec §6: part of DropAttention's function, not a guard.
+# Part of DropAttention's function, not a guard (docs/network.md §8).
 DROP_ATTENTION_EPS = tl.constexpr(1e-8)
 # tl.dot needs every operand dimension >= 16 on NVIDIA GPUs.
 MIN_DOT_SIZE = 16

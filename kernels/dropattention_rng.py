@@ -1,10 +1,11 @@
 """DropAttention key masks from a counter-based RNG, shared by the spatial and temporal kernels.
 
-Spec §6: one Bernoulli(1 - p) keep decision per (sequence, head, key). A kernel never stores the
-mask; it recomputes each decision from Philox-4x32 keyed by a per-call 64-bit seed, with the
-128-bit counter ``(flat index lo, flat index hi, call offset lo, call offset hi)``. The flat index
-is the key's linear index in the contiguous ``(sequences..., heads, keys)`` mask tensor — for the
-spatial core ``((n'*T + t)*H + h)*V + v``, for the temporal core ``((n'*V + v)*H + h)*T + t`` — so
+One Bernoulli(1 - p) keep decision per (sequence, head, key) (docs/network.md §8; this contract is
+docs/kernels.md §6). A kernel never stores the mask; it recomputes each decision from Philox-4x32
+keyed by a per-call 64-bit seed, with the 128-bit counter
+``(flat index lo, flat index hi, call offset lo, call offset hi)``. The flat index is the key's
+linear index in the contiguous ``(sequences..., heads, keys)`` mask tensor — for the spatial core
+``((n'*T + t)*H + h)*V + v``, for the temporal core ``((n'*V + v)*H + h)*T + t`` — so
 the forward, the backward and :func:`materialize_key_mask` draw the same decision for the same key.
 
 The seed and the offset live in a 2-element int64 tensor on the kernels' device, drawn from torch's

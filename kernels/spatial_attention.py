@@ -1,4 +1,6 @@
-"""Fused spatial self-attention core of ST-TR (spec §4, §6): forward and backward Triton kernels.
+"""Fused spatial self-attention core of ST-TR: forward and backward Triton kernels.
+
+The function is docs/network.md §6 and §8; the contract these kernels keep is docs/kernels.md.
 
 Every frame (n', t) and head h is one attention problem over the V joints: S = Q Kᵀ / sqrt(dkh),
 softmax over keys, exact DropAttention, O = P V. A program owns one head of ``BLOCK_F`` consecutive
@@ -172,7 +174,7 @@ def spatial_attention_backward_kernel(
         rows = (frame * H + head) * V + joints
         stats = tl.load(stats_ptr + rows, mask=joints < joint_limit, other=0.0)
 
-        # q = exp(s - Λ): the forward's normalised weights before the key mask (spec §6).
+        # q = exp(s - Λ): the forward's normalised weights before the key mask (docs/kernels.md §7).
         scores = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
         weights = tl.where(key_valid, tl.exp(scores - stats[:, None]), 0.0)
         grad_weights = tl.dot(grad_out, tl.trans(v), input_precision="ieee")

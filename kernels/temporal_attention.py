@@ -1,4 +1,6 @@
-"""Fused temporal self-attention core of ST-TR (spec §5, §6): flash-style forward and backward kernels.
+"""Fused temporal self-attention core of ST-TR: flash-style forward and backward kernels.
+
+The function is docs/network.md §7 and §8; the contract these kernels keep is docs/kernels.md.
 
 Every joint trajectory (n', v) and head h is one attention problem over the L frames:
 S = Q Kᵀ / sqrt(dkh), softmax over keys, exact DropAttention, O = P V. L runs to hundreds of
@@ -9,7 +11,7 @@ fastest across programs) so that, in the contiguous ``(N', C, T, V)`` layout whe
 strided by V, their loads fall into the same cache lines; in TSA's own layout (the qkv
 convolution's output transposed, frames unit-stride) every load is coalesced by itself.
 
-DropAttention (spec §6) is out = acc / (K + 1e-8·L) with L = Σ a over all keys, K = Σ m·a and
+DropAttention is out = acc / (K + 1e-8·L) with L = Σ a over all keys, K = Σ m·a and
 acc = Σ m·a·v for a = exp(s − max s). The forward keeps two running maxima: L relative to the
 maximum over all keys, K and acc relative to the maximum over kept keys, because weights
 relative to a dropped maximum can fall below float16's smallest number and would vanish as

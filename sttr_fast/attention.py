@@ -1,4 +1,5 @@
-"""ST-TR's two self-attention units (spec §4, §5); the attention core runs on a chosen backend."""
+"""ST-TR's two self-attention units (docs/network.md §5-§7); the attention core runs on a chosen
+backend."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""The ST-TR network (spec/STTR.md): one implementation for both streams and every backend."""
+"""The ST-TR network (docs/network.md): one implementation for both streams and every backend."""
 from __future__ import annotations
 
 import math

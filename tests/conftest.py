@@ -4,10 +4,42 @@ Without a CUDA GPU, the Triton kernels run in Triton's CPU interpreter. Triton f
 it decorates the kernels, i.e. when ``sttr_fast`` is first imported, and pytest imports this file
 before any test module, so the switch is made here. With a GPU the kernels are compiled and run
 on it, and the same tests exercise them there.
+
+A test that takes a ``seed`` argument draws its random problem from it. By default the seed is
+fixed per test (derived from the test's name), so every run checks the same problems. Fuzzing is
+opt-in: ``STTR_FUZZ_SEEDS=200 python -m pytest -k triton`` runs each such test on 200 fresh seeds,
+each shown in the test's id; ``STTR_SEEDS=1317905344,7`` replays the seeds given.
 """
 import os
+import random
+import zlib
 
+import numpy
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+
+FUZZ_SEEDS = int(os.environ.get("STTR_FUZZ_SEEDS", "0"))
+GIVEN_SEEDS = [int(seed) for seed in os.environ.get("STTR_SEEDS", "").split(",") if seed.strip()]
+
+
+def pytest_generate_tests(metafunc):
+    if "seed" not in metafunc.fixturenames:
+        return
+    if GIVEN_SEEDS:
+        seeds = GIVEN_SEEDS
+    elif FUZZ_SEEDS > 0:
+        seeds = [random.randrange(2**31) for _ in range(FUZZ_SEEDS)]
+    else:
+        seeds = [zlib.crc32(f"{metafunc.module.__name__}::{metafunc.function.__name__}".encode())]
+    metafunc.parametrize("seed", seeds, ids=[f"seed{seed}" for seed in seeds])
+
+
+@pytest.fixture(autouse=True)
+def fixed_global_generators():
+    """Whatever a test draws from the global generators is the same on every run, in any order."""
+    torch.manual_seed(0)
+    random.seed(0)
+    numpy.random.seed(0)

@@ -1,4 +1,4 @@
-"""ST-TR written out literally from spec/STTR.md, reading an STTR's parameters (eval mode only).
+"""ST-TR written out literally from docs/network.md, reading an STTR's parameters (eval mode only).
 
 Deliberately independent of sttr_fast's code paths: explicit feature indices for every
 BatchNorm1d, per-subset graph convolutions, per-head attention loops and the authors' (N'*V, C, 1, T)

@@ -1,4 +1,7 @@
-"""Import of the authors' checkpoints (spec/official_state_dict) and atomic checkpoint writing."""
+"""Import of the authors' checkpoints and atomic checkpoint writing.
+
+The authors' parameter names and shapes, one ``name (shape)`` line each, are stored under
+``tests/data/official_state_dict/`` for S-TR and T-TR on joints and on joints+bones."""
 import ast
 from pathlib import Path
 
@@ -9,7 +12,7 @@ from sttr_fast import STTR, convert_official_state_dict, load_official_checkpoin
 from sttr_fast.checkpoint import CheckpointError, official_model_config, save_atomic
 from sttr_fast.cli import main
 
-KEY_LISTS = sorted((Path(__file__).parents[2] / "shared/spec/official_state_dict").glob("*.txt"))
+KEY_LISTS = sorted((Path(__file__).parent / "data" / "official_state_dict").glob("*.txt"))
 # The authors' key -> sttr_fast's key, one per kind of rename.
 EXPECTED_RENAMES = {
     "spatial": {"gcn0.conv_list.2.weight": "stem.spatial.convs.2.weight",

@@ -1,4 +1,5 @@
-"""Body selection and pre-normalisation against straightforward loop implementations of DATA.md §2."""
+"""Body selection and pre-normalisation against straightforward loop implementations of
+docs/data.md §3-§4."""
 import math
 
 import numpy as np

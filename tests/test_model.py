@@ -1,4 +1,5 @@
-"""The reference ST-TR network against spec/STTR.md: shapes, parameter counts, the literal forward."""
+"""The reference ST-TR network against docs/network.md: shapes, parameter counts, the literal
+forward."""
 import pytest
 import torch
 
@@ -6,7 +7,8 @@ import sttr_fast
 from sttr_fast import STTR, Graph
 from spec_forward import sttr_forward
 
-# (stream, in_channels, base_channels) -> the authors' parameter count (spec §2), person_bn included
+# (stream, in_channels, base_channels) -> the authors' parameter count (docs/network.md §3),
+# person_bn included
 AUTHORS_PARAMETERS = {
     ("spatial", 3, 64): 3_075_338,
     ("temporal", 3, 64): 1_768_870,

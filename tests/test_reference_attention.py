@@ -1,4 +1,4 @@
-"""The reference attention cores and DropAttention (spec §4-§6), and input validation."""
+"""The reference attention cores and DropAttention (docs/network.md §5-§8), and input validation."""
 import re
 
 import pytest
@@ -11,7 +11,8 @@ EPS = 1e-8
 
 
 def explicit_heads(tokens, key_mask, num_heads, dk, dv):
-    """Spec §6 written out: a = exp(s - max s) over all keys, out = sum(m a v) / (K + 1e-8 L).
+    """docs/network.md §8 written out: a = exp(s - max s) over all keys,
+    out = sum(m a v) / (K + 1e-8 L).
 
     tokens (B, 2*dk + dv, L), key_mask (B, H, L) or None -> (B, dv, L).
     """
@@ -93,11 +94,13 @@ def test_p_zero_is_plain_softmax_through_the_op(kind):
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
 @pytest.mark.parametrize("kind", OPS)
-def test_all_keys_dropped_gives_zero_and_finite_gradients(kind):
+def test_all_keys_dropped_gives_zero_and_finite_gradients(kind, dtype):
+    """Also in float16, where the 1e-8 of the renormalisation is below the smallest number."""
     op, _, mask_shape = OPS[kind]
     qkv, dk, dv = random_qkv(2, 5, 7, 2, 2, 3, generator=torch.Generator().manual_seed(1))
-    qkv.requires_grad_(True)
+    qkv = qkv.to(dtype).requires_grad_(True)
     mask = torch.ones(mask_shape(2, 5, 2, 7), dtype=torch.bool)
     if kind == "spatial":
         mask[1, 3] = False       # every joint of one frame, both heads

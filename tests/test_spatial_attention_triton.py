@@ -19,9 +19,9 @@ from sttr_fast import STTR, SpatialSelfAttention, ops  # noqa: E402
 from sttr_fast.kernels.dropattention_rng import (keep_keys, load_rng_state, materialize_key_mask,  # noqa: E402
                                                  new_rng_state)
 from triton_harness import (CUDA, DEVICE, DTYPES, MODULE_DTYPE, TOLERANCE,  # noqa: E402
-                            assert_all_gradients_close, assert_gradients_match, check_core_against_reference,
+                            assert_all_gradients_close, assert_matches_reference, check_core_against_reference,
                             compare_under_autocast, compare_units, environment_without_interpreter,
-                            float64_reference, fresh_seed, nan_poisoned_buffers, needs_gpu, random_qkv,
+                            float64_reference, nan_poisoned_buffers, needs_gpu, random_qkv,
                             relative_error, without_compile_caches)
 from triton_harness import run_triton as run_op  # noqa: E402
 
@@ -47,19 +47,18 @@ def spatial_reference(qkv, heads, dk, dv, mask):
 @pytest.mark.parametrize("p", [0.0, 0.5])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_forward_and_gradients_match_the_reference(shape, dtype, p):
-    check_core_against_reference("spatial", shape, dtype, p)
+def test_forward_and_gradients_match_the_reference(shape, dtype, p, seed):
+    check_core_against_reference("spatial", shape, dtype, p, seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16] + ([torch.float64] if not CUDA else []),
                          ids=str)
-def test_drop_attention_keeps_its_1e8_term(dtype):
+def test_drop_attention_keeps_its_1e8_term(dtype, seed):
     """A dropped key that holds nearly all the softmax mass: acc / (K + 1e-8 L) then differs
     several-fold from a plain softmax over the kept keys, and the kernel must give the former.
     The kept keys' weights relative to the dropped maximum (e^-20.5) are below float16's
     smallest number, so 16-bit inputs also check that they survive as dot operands."""
     n, t, v, heads, dkh, dvh = 1, 16, 6, 1, 2, 3
-    seed = fresh_seed()
     generator = torch.Generator().manual_seed(seed)
     qkv = torch.randn(n, 2 * dkh + dvh, t, v, dtype=torch.float64, generator=generator)
     qkv[:, :dkh] = 1.0                      # every query the same vector
@@ -83,8 +82,7 @@ def test_drop_attention_keeps_its_1e8_term(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_every_key_dropped_gives_zero_output_and_zero_gradients(dtype):
-    seed = fresh_seed()
+def test_every_key_dropped_gives_zero_output_and_zero_gradients(dtype, seed):
     qkv, heads, dk, dv = random_qkv(SHAPES[0], dtype, seed)
     out = ops.spatial_attention(qkv, heads, dk, dv, p=1.0, backend="triton")
     assert torch.equal(out, torch.zeros_like(out))
@@ -92,8 +90,8 @@ def test_every_key_dropped_gives_zero_output_and_zero_gradients(dtype):
     assert torch.equal(qkv.grad, torch.zeros_like(qkv.grad))
 
 
-def test_the_seed_reproduces_the_mask_and_the_keep_rate_is_one_minus_p():
-    qkv, heads, dk, dv = random_qkv(SHAPES[0], torch.float32, fresh_seed())
+def test_the_seed_reproduces_the_mask_and_the_keep_rate_is_one_minus_p(seed):
+    qkv, heads, dk, dv = random_qkv(SHAPES[0], torch.float32, seed)
     torch.manual_seed(7)
     first = ops.spatial_attention(qkv, heads, dk, dv, p=0.5, backend="triton")
     torch.manual_seed(7)
@@ -129,28 +127,23 @@ def test_the_rng_counter_uses_all_64_index_bits_and_the_call_offset():
         assert 0.4 < agreement < 0.6, f"streams agree on {agreement:.0%} of keys; independent ones ~50%"
 
 
-def test_strided_inputs_and_zero_stride_gradients():
+def test_strided_inputs_and_zero_stride_gradients(seed):
     """channels_last qkv gives channels_last output and gradient; a channel slice of a larger
     tensor and the expanded gradient of out.sum() are read through their strides."""
-    seed = fresh_seed()
     dtype = torch.float32
     shape = SHAPES[0]
     qkv, heads, dk, dv = random_qkv(shape, dtype, seed, memory_format=torch.channels_last)
     out, mask = run_triton(qkv, heads, dk, dv, 0.5, seed)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    exact, expected = spatial_reference(qkv, heads, dk, dv, mask)
-    assert relative_error(out, expected) <= TOLERANCE[dtype]
-    out.sum().backward()
-    expected.sum().backward()
+    summed = torch.ones((), dtype=dtype, device=DEVICE).expand(out.shape)  # the gradient of out.sum()
+    assert_matches_reference("spatial", qkv, heads, dk, dv, out, mask, summed, seed)
     assert qkv.grad.is_contiguous(memory_format=torch.channels_last)
-    assert_gradients_match(qkv, exact, dk, TOLERANCE[dtype], seed)
 
     wider, _, _, _ = random_qkv((shape[0], shape[1], shape[2], heads, 5, 9), dtype, seed)
     sliced = wider.detach()[:, 3:3 + qkv.shape[1]].requires_grad_(True)
     assert not sliced.is_contiguous()
     out, mask = run_triton(sliced, heads, dk, dv, 0.5, seed)
-    _, expected = spatial_reference(sliced, heads, dk, dv, mask)
-    assert relative_error(out, expected) <= TOLERANCE[dtype]
+    assert_matches_reference("spatial", sliced, heads, dk, dv, out, mask, torch.randn_like(out), seed)
 
 
 def ssa_pair(dtype, drop_attention, seed, in_channels=16, out_channels=32):
@@ -165,8 +158,7 @@ def ssa_pair(dtype, drop_attention, seed, in_channels=16, out_channels=32):
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_the_ssa_unit_with_triton_equals_the_reference_unit(mode):
-    seed = fresh_seed()
+def test_the_ssa_unit_with_triton_equals_the_reference_unit(mode, seed):
     fused, plain = ssa_pair(MODULE_DTYPE, 0.0, seed)
     x = torch.randn(2, 16, 5, 25, dtype=MODULE_DTYPE, device=DEVICE,
                     generator=torch.Generator(DEVICE).manual_seed(seed))
@@ -175,11 +167,10 @@ def test_the_ssa_unit_with_triton_equals_the_reference_unit(mode):
 
 @pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 @pytest.mark.usefixtures(without_compile_caches.__name__)
-def test_torch_compile_traces_the_unit_without_graph_breaks(compiler):
+def test_torch_compile_traces_the_unit_without_graph_breaks(compiler, seed):
     """fullgraph=True fails on any graph break; the compiled unit must also equal the eager one,
     in training with DropAttention too where the seed comes from the same generator (aot_eager;
     Inductor generates its own random numbers)."""
-    seed = fresh_seed()
     fused, _ = ssa_pair(torch.float32, 0.5, seed)
     compiled = torch.compile(fused, fullgraph=True, backend=compiler)
     x = torch.randn(2, 16, 5, 25, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(seed))
@@ -198,8 +189,7 @@ def test_torch_compile_traces_the_unit_without_graph_breaks(compiler):
     torch._dynamo.reset()
 
 
-def test_autocast_passes_its_dtype_through():
-    seed = fresh_seed()
+def test_autocast_passes_its_dtype_through(seed):
     fused, plain = ssa_pair(torch.float32, 0.0, seed)
     x = torch.randn(2, 16, 5, 25, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(seed))
     compare_under_autocast("spatial", fused, plain, x, heads=4)
@@ -291,15 +281,14 @@ SSA_LAYERS = [(300, 4, 16), (150, 4, 16), (150, 4, 16), (150, 8, 32), (75, 8, 32
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("streams", [1, 2], ids=["joints", "joints+bones"])
 @pytest.mark.parametrize("layer", range(6))
-def test_real_ssa_shapes_on_the_gpu(layer, streams, dtype, p):
+def test_real_ssa_shapes_on_the_gpu(layer, streams, dtype, p, seed):
     t, dkh, dvh = SSA_LAYERS[layer]
-    check_core_against_reference("spatial", (64, t, 25, 8, dkh * streams, dvh * streams), dtype, p)
+    check_core_against_reference("spatial", (64, t, 25, 8, dkh * streams, dvh * streams), dtype, p, seed)
 
 
 @needs_gpu
 @pytest.mark.parametrize("in_channels,base", [(3, 64), (6, 128)], ids=["joints", "joints+bones"])
-def test_the_s_tr_network_with_triton_equals_the_reference_network(in_channels, base):
-    seed = fresh_seed()
+def test_the_s_tr_network_with_triton_equals_the_reference_network(in_channels, base, seed):
     torch.manual_seed(seed)
     fused = STTR(num_classes=60, in_channels=in_channels, base_channels=base, backend="triton").to(DEVICE)
     plain = STTR(num_classes=60, in_channels=in_channels, base_channels=base, backend="reference").to(DEVICE)

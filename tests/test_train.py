@@ -64,7 +64,7 @@ def test_every_preset_loads_and_builds_its_model():
         config = load_config(preset)
         with torch.device("meta"):
             build_model(config)
-        if preset.stem.startswith("ntu"):  # the authors' hyper-parameters (spec §7)
+        if preset.stem.startswith("ntu"):  # the authors' hyper-parameters (docs/network.md §10)
             assert (config.optim.lr, config.optim.momentum, config.optim.nesterov) == (0.1, 0.9, True)
             assert (config.optim.weight_decay, config.optim.milestones, config.optim.gamma) == \
                 (1e-4, [60, 90], 0.1)

@@ -1,4 +1,4 @@
-"""From a parsed ``.skeleton`` file to the (C, T, V, M) joint array of 2s-AGCN (DATA.md §2)."""
+"""From a parsed ``.skeleton`` file to the (C, T, V, M) joint array of 2s-AGCN (docs/data.md §3)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

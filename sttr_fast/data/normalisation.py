@@ -1,4 +1,4 @@
-"""2s-AGCN's pre-normalisation of one sample (DATA.md §2 (a)-(d)), vectorised.
+"""2s-AGCN's pre-normalisation of one sample (docs/data.md §4, steps 1-4), vectorised.
 
 Empty means all coordinates zero (2s-AGCN tests that they sum to zero; the two differ only on
 coordinates that cancel exactly). Rotating an empty frame or joint leaves it zero, so the rotations

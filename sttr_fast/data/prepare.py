@@ -317,7 +317,7 @@ class _Run:
 
 
 def official_sizes_match(dataset: str, counts: dict[tuple[str, str], int]) -> dict[str, bool]:
-    """Per benchmark, whether (train, val) equals DATA.md's official sizes."""
+    """Per benchmark, whether (train, val) equals the official sizes (docs/data.md §2)."""
     return {benchmark: (counts[(benchmark, "train")], counts[(benchmark, "val")])
             == OFFICIAL_SPLIT_SIZES[(dataset, benchmark)]
             for benchmark in {b for b, _ in counts}}

@@ -1,7 +1,7 @@
 """Eager PyTorch attention cores: the ground truth every fused backend is tested against.
 
 Both cores read q, k, v as strided views of the qkv projection output ``(N', 2*dk + dv, T, V)``
-(heads are contiguous channel chunks, spec §4) and return the head-concatenated output
+(heads are contiguous channel chunks, docs/network.md §5) and return the head-concatenated output
 ``(N', dv, T, V)``. Only the two transposes that batched matmul needs are materialised.
 """
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# The renormalisation epsilon of ST-TR's DropAttention (spec §6); part of the function, not a guard.
+# The renormalisation epsilon of ST-TR's DropAttention (docs/network.md §8); part of the function,
+# not a guard.
 DROP_ATTENTION_EPS = 1e-8
 
 # Axis orders that turn a (N', H, d, T, V) head view into (N', sequence, H, L, d).
@@ -24,7 +25,14 @@ def drop_attention(probs: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
     dropped becomes exactly zero.
     """
     kept = probs * key_mask.unsqueeze(-2).to(probs.dtype)
-    return kept / (kept.sum(dim=-1, keepdim=True) + DROP_ATTENTION_EPS)
+    return (kept / _renormaliser(kept)).to(probs.dtype)
+
+
+def _renormaliser(kept: torch.Tensor) -> torch.Tensor:
+    """rowsum(kept) + 1e-8 in at least float32: in float16 the 1e-8 would round to 0 and turn a
+    row whose keys are all dropped into 0 / 0."""
+    accumulate = torch.promote_types(kept.dtype, torch.float32)
+    return kept.sum(dim=-1, keepdim=True, dtype=accumulate) + DROP_ATTENTION_EPS
 
 
 def sample_key_mask(shape: tuple[int, ...], p: float, device: torch.device,
@@ -67,7 +75,7 @@ def _attend(q, k, v, key_mask, use_sdpa: bool | None):
     # drop_attention(probs, key_mask) @ v, with the row normalisation moved past the product so
     # that it divides L x d values instead of L x L.
     kept = probs * key_mask.unsqueeze(-2).to(probs.dtype)
-    return torch.matmul(kept, v) / (kept.sum(dim=-1, keepdim=True) + DROP_ATTENTION_EPS)
+    return (torch.matmul(kept, v) / _renormaliser(kept)).to(v.dtype)
 
 
 def _merge_heads(out: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
