@@ -27,11 +27,13 @@ TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, tor
 # reference backend computing the same problem in the same dtype, plus FLOOR_ULPS units of the
 # dtype's rounding: rounding then never fails a correct kernel, while a wrong term or a lost mask
 # bit is an error of order one and fails on every seed (float64 judges the formulas at 1e-12).
-# float32 gets the larger floor because the kernels' backward rebuilds the weights as exp(s − Λ),
-# which carries the scores' rounding (|s|·eps) that the reference's direct softmax does not; in 16
-# bits the rounding of the inputs dominates both.
+# float32 gets the larger floor because the kernels' backward rebuilds the weights as exp(s − Λ)
+# and D as rowsum(dO ⊙ O), which carry rounding the reference's direct softmax does not: where a
+# row has one or two keys the reference's dq and dk come out exact or nearly so while the kernel's
+# hold a few 1e-6 of noise (fuzzing 900 float32 cases needed up to 20 units beyond 4x). In 16 bits
+# the rounding of the inputs dominates both.
 YARDSTICK = 4.0
-FLOOR_ULPS = {torch.float32: 16, torch.float16: 1, torch.bfloat16: 1}
+FLOOR_ULPS = {torch.float32: 64, torch.float16: 1, torch.bfloat16: 1}
 # Units are checked in float32 on a GPU; the interpreter affords float64 and so a tighter check.
 MODULE_DTYPE = torch.float32 if CUDA else torch.float64
 
