@@ -1,6 +1,8 @@
 """Constants and helpers the spatial and temporal attention kernels share."""
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -11,6 +13,10 @@ DROP_ATTENTION_EPS = tl.constexpr(1e-8)
 MIN_DOT_SIZE = 16
 # Per-head dims (and the spatial kernel's joints) beyond this would not fit a tile in registers.
 MAX_TILE = 64
+
+# STTR_PIN_CONFIGS=1 makes every launcher use its first config instead of autotuning: the GPU
+# check script and reproducible timings use it.
+PIN_CONFIGS = os.environ.get("STTR_PIN_CONFIGS") == "1"
 
 ACCUMULATOR = {torch.float16: tl.float32, torch.bfloat16: tl.float32,
                torch.float32: tl.float32, torch.float64: tl.float64}

@@ -111,17 +111,17 @@ def _temporal_problem(variant: Variant) -> tuple[triton.JITFunction, list, dict,
     qkv, out, grad_qkv = tensor(2 * dk + dv), tensor(dv), tensor(2 * dk + dv)
     stats = torch.empty(BATCH * JOINTS, HEADS, length, dtype=torch.float32, device="meta")
     p = 0.5 if variant.drop else 0.0
-    rng = torch.empty(2, dtype=torch.int64, device="meta") if variant.drop else None
+    keep = torch.empty(stats.shape, dtype=torch.bool, device="meta") if variant.drop else None
     if variant.kernel == "temporal_forward":
-        args, constants = temporal_attention.forward_arguments(qkv, HEADS, dk, dv, p, rng, out, stats)
+        args, constants = temporal_attention.forward_arguments(qkv, HEADS, dk, dv, p, keep, out, stats)
     elif variant.kernel == "temporal_backward_query":
         args, constants = temporal_attention.backward_query_arguments(out, qkv, out, stats, stats, HEADS,
-                                                                      dk, dv, p, rng, grad_qkv)
+                                                                      dk, dv, p, keep, grad_qkv)
     else:
         args, constants = temporal_attention.backward_key_arguments(out, qkv, stats, stats, HEADS, dk, dv,
-                                                                    p, rng, grad_qkv)
+                                                                    p, keep, grad_qkv)
     configs = temporal_attention.CONFIGS
-    picked = temporal_attention.least_padded_configs(configs, length)
+    picked = temporal_attention.launch_configs(length, qkv.element_size())
     return TEMPORAL_KERNELS[variant.kernel], args, constants, configs, picked, [True] * len(configs)
 
 
@@ -147,13 +147,13 @@ def _problem(variant: Variant) -> tuple[triton.JITFunction, list, dict, list[tri
     qkv, out = tensor(2 * dk + dv), tensor(dv)
     stats = torch.empty(BATCH * FRAMES, HEADS, v, dtype=torch.float32, device="meta")
     p = 0.5 if variant.drop else 0.0
-    rng = torch.empty(2, dtype=torch.int64, device="meta") if variant.drop else None
+    keep = torch.empty(stats.shape, dtype=torch.bool, device="meta") if variant.drop else None
     if variant.kernel == "forward":
         fn = spatial_attention.spatial_attention_forward_kernel
-        args, constants = spatial_attention.forward_arguments(qkv, HEADS, dk, dv, p, rng, out, stats)
+        args, constants = spatial_attention.forward_arguments(qkv, HEADS, dk, dv, p, keep, out, stats)
     else:
         fn = spatial_attention.spatial_attention_backward_kernel
-        args, constants = spatial_attention.backward_arguments(out, qkv, stats, HEADS, dk, dv, p, rng,
+        args, constants = spatial_attention.backward_arguments(out, qkv, stats, HEADS, dk, dv, p, keep,
                                                                tensor(2 * dk + dv))
     blocks = spatial_attention.block_sizes(v, dkh, dvh)
     shape = (qkv.element_size(), blocks["BLOCK_V"], blocks["BLOCK_DK"], blocks["BLOCK_DV"])

@@ -43,6 +43,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
+from ..ops import triton_backend
 from . import compile_report, dropattention_rng, spatial_attention, temporal_attention
 from .attention_common import padded_dim
 
@@ -127,12 +128,13 @@ KERNELS = {
     "spatial_forward": ("spatial", "forward"),
     "spatial_backward": ("spatial", "backward"),
     "spatial_key_mask": ("spatial", "mask"),
+    "temporal_key_mask": ("temporal", "mask"),
     "temporal_forward": ("temporal", "forward"),
     "temporal_backward_query": ("temporal", "backward"),
     "temporal_backward_key": ("temporal", "backward"),
 }
-# Not on the training path: only materialize_key_mask (tests, debugging) launches it.
-OFF_TRAINING_PATH = {"spatial_key_mask"}
+# The key mask kernel (materialize_key_mask), launched once per training call of either core.
+KEY_MASK_KERNELS = {"spatial_key_mask", "temporal_key_mask"}
 _FUNCTIONS = {"spatial_forward": spatial_attention.spatial_attention_forward_kernel,
               "spatial_backward": spatial_attention.spatial_attention_backward_kernel,
               **compile_report.TEMPORAL_KERNELS}
@@ -150,12 +152,9 @@ def _qkv_tensor(layout: str, channels: int, tokens: int, dtype: torch.dtype) -> 
 
 
 def _like(qkv: torch.Tensor, channels: int) -> torch.Tensor:
-    """Outputs and dO as ops.triton_backend._layout_like allocates them: channels_last when qkv
-    is, else contiguous (the module's transposed qkv is neither)."""
-    n, _, t, v = qkv.shape
-    if qkv.is_contiguous(memory_format=torch.channels_last) and not qkv.is_contiguous():
-        return torch.empty(n, t, v, channels, dtype=qkv.dtype, device="meta").permute(0, 3, 1, 2)
-    return torch.empty(n, channels, t, v, dtype=qkv.dtype, device="meta")
+    """Outputs, dO and dqkv as the op allocates them: in qkv's stride order."""
+    return triton_backend._layout_like(qkv, channels, qkv.dtype,
+                                       lambda shape, dtype, device: torch.empty(shape, dtype=dtype, device="meta"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +168,7 @@ class Problem:
 
 def problem(kernel: str, layer: Layer, dtype: str, drop: bool, layout: str = "module") -> Problem:
     """The launch a module makes for ``kernel`` at ``layer``: meta tensors in its real layout."""
-    if kernel == "spatial_key_mask":
+    if kernel in KEY_MASK_KERNELS:
         mask = torch.empty(BATCH * layer.tokens * HEADS * JOINTS, dtype=torch.bool, device="meta")
         rng = torch.empty(2, dtype=torch.int64, device="meta")
         config = triton.Config({"BLOCK": dropattention_rng._MASK_BLOCK}, num_warps=4, num_stages=1)
@@ -183,20 +182,20 @@ def problem(kernel: str, layer: Layer, dtype: str, drop: bool, layout: str = "mo
     stats = torch.empty(sequences, HEADS, JOINTS if layer.family == "spatial" else layer.tokens,
                         dtype=torch.float32, device="meta")
     p = 0.5 if drop else 0.0
-    rng = torch.empty(2, dtype=torch.int64, device="meta") if drop else None
+    keep = torch.empty(stats.shape, dtype=torch.bool, device="meta") if drop else None
     if kernel == "spatial_forward":
-        args, constants = spatial_attention.forward_arguments(qkv, HEADS, dk, dv, p, rng, out, stats)
+        args, constants = spatial_attention.forward_arguments(qkv, HEADS, dk, dv, p, keep, out, stats)
     elif kernel == "spatial_backward":
-        args, constants = spatial_attention.backward_arguments(out, qkv, stats, HEADS, dk, dv, p, rng,
+        args, constants = spatial_attention.backward_arguments(out, qkv, stats, HEADS, dk, dv, p, keep,
                                                                grad_qkv)
     elif kernel == "temporal_forward":
-        args, constants = temporal_attention.forward_arguments(qkv, HEADS, dk, dv, p, rng, out, stats)
+        args, constants = temporal_attention.forward_arguments(qkv, HEADS, dk, dv, p, keep, out, stats)
     elif kernel == "temporal_backward_query":
         args, constants = temporal_attention.backward_query_arguments(out, qkv, out, stats, stats, HEADS,
-                                                                      dk, dv, p, rng, grad_qkv)
+                                                                      dk, dv, p, keep, grad_qkv)
     elif kernel == "temporal_backward_key":
         args, constants = temporal_attention.backward_key_arguments(out, qkv, stats, stats, HEADS, dk, dv,
-                                                                    p, rng, grad_qkv)
+                                                                    p, keep, grad_qkv)
     else:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(KERNELS)}")
     if layer.family == "spatial":
@@ -205,7 +204,7 @@ def problem(kernel: str, layer: Layer, dtype: str, drop: bool, layout: str = "mo
             spatial_attention.CONFIGS, kernel.removeprefix("spatial_"), qkv.element_size(),
             blocks["BLOCK_V"], blocks["BLOCK_DK"], blocks["BLOCK_DV"])
         return Problem(_FUNCTIONS[kernel], args, constants, spatial_attention.CONFIGS, candidates)
-    candidates = temporal_attention.least_padded_configs(temporal_attention.CONFIGS, layer.tokens)
+    candidates = temporal_attention.launch_configs(layer.tokens, qkv.element_size())
     return Problem(_FUNCTIONS[kernel], args, constants, temporal_attention.CONFIGS, candidates)
 
 
@@ -223,7 +222,7 @@ def work(kernel: str, layer: Layer, dtype: str, drop: bool, config: triton.Confi
     """One exponential per padded score, plus the online softmax's one rescale per query row and
     key block in the temporal forward. A second exponential per score for DropAttention's kept
     maximum is the kernel's choice, not a need: it shows in ``ex2_per_exp``."""
-    if kernel == "spatial_key_mask":
+    if kernel in KEY_MASK_KERNELS:
         keys = BATCH * layer.tokens * HEADS * JOINTS
         return Work(triton.cdiv(keys, config.kwargs["BLOCK"]), 0, keys, 0)
     size = DTYPES[dtype].itemsize
@@ -241,21 +240,24 @@ def work(kernel: str, layer: Layer, dtype: str, drop: bool, config: triton.Confi
         if kernel == "spatial_forward":
             return Work(programs, block_f, qkv + channels(dv) + per_query, scores)
         return Work(programs, block_f, 2 * qkv + channels(dv) + per_query, scores)
+    # Every temporal kernel: a program owns BLOCK_M tokens (queries, or keys in backward_key) and
+    # streams the sequence in blocks of BLOCK_N. With 16-bit operands the loop runs over the
+    # whole blocks and the last, partial one is a copy of its body after it (outside the loop,
+    # counted once; at ST-TR's lengths no block size divides L, so it always runs).
     length, block_m, block_n = layer.tokens, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
     sequences = BATCH * JOINTS * HEADS
-    query_blocks, key_blocks = triton.cdiv(length, block_m), triton.cdiv(length, block_n)
-    scores = sequences * query_blocks * block_m * key_blocks * block_n
+    own_blocks, streamed_blocks = triton.cdiv(length, block_m), triton.cdiv(length, block_n)
+    programs = sequences * own_blocks
+    trips = length // block_n if temporal_attention.peels_last_block(size) else streamed_blocks
+    scores = programs * block_m * streamed_blocks * block_n
     if kernel == "temporal_forward":
-        rows = sequences * query_blocks * block_m
-        return Work(sequences * query_blocks, key_blocks, qkv + channels(dv) + per_query,
-                    scores + rows * key_blocks)
+        return Work(programs, trips, qkv + channels(dv) + per_query,
+                    scores + programs * block_m * streamed_blocks)
     if kernel == "temporal_backward_query":
         # Reads qkv, out and dO and the statistics; writes dQ and D.
-        return Work(sequences * query_blocks, key_blocks,
-                    qkv + 2 * channels(dv) + channels(dk) + 2 * per_query, scores)
+        return Work(programs, trips, qkv + 2 * channels(dv) + channels(dk) + 2 * per_query, scores)
     # Reads qkv, dO, the statistics and D; writes dK and dV.
-    return Work(sequences * key_blocks, query_blocks,
-                qkv + channels(dv) + channels(dk + dv) + 2 * per_query, scores)
+    return Work(programs, trips, qkv + channels(dv) + channels(dk + dv) + 2 * per_query, scores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -620,8 +622,8 @@ def plan(family: str = "all", kernels: list[str] | None = None, quick: bool = Fa
         layers = [layer for layer in LAYERS if layer.family == kernel_family]
         if quick:
             layers = layers[:1]
-        dtypes = ["bool"] if kernel == "spatial_key_mask" else ["bf16"] if quick else list(DTYPES)
-        drops = [True] if kernel == "spatial_key_mask" else [True, False]
+        dtypes = ["bool"] if kernel in KEY_MASK_KERNELS else ["bf16"] if quick else list(DTYPES)
+        drops = [True] if kernel in KEY_MASK_KERNELS else [True, False]
         for layer in layers:
             for dtype in dtypes:
                 for drop in drops:
@@ -709,18 +711,23 @@ def drop_ratio_summary(rows: list[dict]) -> dict:
 
 def model_summary(rows: list[dict]) -> list[dict]:
     """The attention cores of a whole model, every layer of it (times its count of units):
-    training (forward and backward kernels, DropAttention on) and inference (forward, off).
+    training (the key mask, forward and backward kernels, DropAttention on) and inference
+    (forward, off).
     ``first`` takes the launcher's first candidate per launch, ``best`` the candidate with the
     least predicted time (the autotuner measures the candidates and keeps the fastest)."""
     choosers = {"first": lambda options: next(o for o in options if o["choice"] == "first"),
                 "best": lambda options: min(options, key=lambda o: o["predicted_us"])}
     modes = (("training", True, ("forward", "backward")), ("inference", False, ("forward",)))
-    on_path = [r for r in rows if r["kernel"] not in OFF_TRAINING_PATH and r["choice"] in LAUNCHED]
+    on_path = [r for r in rows if r["choice"] in LAUNCHED]
     summary = []
-    for family, stream, dtype in sorted({(r["family"], r["stream"], r["dtype"]) for r in on_path}):
+    for family, stream, dtype in sorted({(r["family"], r["stream"], r["dtype"]) for r in on_path
+                                         if r["kernel"] not in KEY_MASK_KERNELS}):
         for mode, drop, directions in modes:
             picked = [r for r in on_path if (r["family"], r["stream"], r["dtype"], r["drop"])
                       == (family, stream, dtype, drop) and r["direction"] in directions]
+            if drop:  # the key mask serves every dtype
+                picked += [r for r in on_path if r["kernel"] in KEY_MASK_KERNELS
+                           and (r["family"], r["stream"]) == (family, stream)]
             if not picked:
                 continue
             launches: dict[tuple, list[dict]] = {}

@@ -42,6 +42,13 @@ def keep_keys(seed, call_offset, flat_index, p):
 
 
 @triton.jit
+def load_keep(keep_ptr, flat_index, valid):
+    """Keep decisions of the keys at ``flat_index`` from a mask :func:`materialize_key_mask`
+    wrote; False where not ``valid``."""
+    return tl.load(keep_ptr + flat_index, mask=valid, other=0) != 0
+
+
+@triton.jit
 def _materialize_key_mask_kernel(rng_ptr, mask_ptr, numel, p, BLOCK: tl.constexpr):
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     seed, call_offset = load_rng_state(rng_ptr)

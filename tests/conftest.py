@@ -25,8 +25,16 @@ FUZZ_SEEDS = int(os.environ.get("STTR_FUZZ_SEEDS", "0"))
 GIVEN_SEEDS = [int(seed) for seed in os.environ.get("STTR_SEEDS", "").split(",") if seed.strip()]
 
 
+def _parametrizes_seed_itself(metafunc) -> bool:
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "seed" in ([name.strip() for name in names.split(",")] if isinstance(names, str) else names):
+            return True
+    return False
+
+
 def pytest_generate_tests(metafunc):
-    if "seed" not in metafunc.fixturenames:
+    if "seed" not in metafunc.fixturenames or _parametrizes_seed_itself(metafunc):
         return
     if GIVEN_SEEDS:
         seeds = GIVEN_SEEDS

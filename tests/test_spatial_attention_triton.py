@@ -16,6 +16,7 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from sttr_fast import STTR, SpatialSelfAttention, ops  # noqa: E402
+from sttr_fast.kernels import spatial_attention as spatial_kernels  # noqa: E402
 from sttr_fast.kernels.dropattention_rng import (keep_keys, load_rng_state, materialize_key_mask,  # noqa: E402
                                                  new_rng_state)
 from triton_harness import (CUDA, DEVICE, DTYPES, MODULE_DTYPE, TOLERANCE,  # noqa: E402
@@ -79,6 +80,99 @@ def test_drop_attention_keeps_its_1e8_term(dtype, seed):
     assert frames.any(), f"no frame drops key 0 and keeps another (seed {seed})"
     assert (expected[:, frames] / plain[:, frames] < 0.5).all(), "the case does not separate the formulas"
     torch.testing.assert_close(out[:, frames], expected[:, frames], rtol=TOLERANCE[dtype] * 10, atol=0)
+
+
+def run_kernels_with_mask(qkv, heads, dkh, dvh, keep, grad_out):
+    """The forward and backward kernels launched directly with a given key mask (N'*T, H, V):
+    out, the statistics Λ and qkv's gradient, in NaN-filled buffers."""
+    n, _, t, v = qkv.shape
+    stats_dtype = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    out = torch.full((n, heads * dvh, t, v), float("nan"), dtype=qkv.dtype, device=DEVICE)
+    stats = torch.full((n * t, heads, v), float("nan"), dtype=stats_dtype, device=DEVICE)
+    grad_qkv = torch.full_like(qkv, float("nan"))
+    spatial_kernels.spatial_attention_forward(qkv, heads, heads * dkh, heads * dvh, 0.5, keep, out, stats)
+    spatial_kernels.spatial_attention_backward(grad_out, qkv, stats, heads, heads * dkh, heads * dvh, 0.5,
+                                               keep, grad_qkv)
+    return out, stats, grad_qkv
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16 if CUDA else torch.float64],
+                         ids=str)
+def test_the_statistic_and_the_output_where_kept_keys_lie_far_below_a_dropped_one(dtype, seed):
+    """Λ = max s + log(K + 1e-8·L), the output and the gradients against float64 given the same
+    mask, one frame each: random scores with every other key dropped; a dropped key 20 above the
+    kept ones (their weights relative to it are below float16's range); one 141 above (with
+    float16 operands the weights are taken relative to the kept maximum, and that key's 2^(s -
+    anchor) would overflow float32 unless the anchor is capped); every key dropped. Nothing may
+    be inf or NaN."""
+    n, t, v, heads, dkh, dvh = 1, 4, 6, 1, 2, 3
+    generator = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(n, 2 * dkh + dvh, t, v, dtype=torch.float64, generator=generator)
+    qkv[:, :dkh, 1:] = 1.0
+    qkv[:, dkh:2 * dkh, 1:, 1:] = 0.0
+    qkv[:, dkh:2 * dkh, 1, 0] = 14.5
+    qkv[:, dkh:2 * dkh, 2, 0] = 100.0
+    qkv = qkv.to(dtype)
+    keep = torch.ones(n * t, heads, v, dtype=torch.bool)
+    keep[0, 0, ::2] = False
+    keep[1:3, 0, 0] = False
+    keep[3] = False
+    grad_out = torch.randn(n, heads * dvh, t, v, dtype=torch.float64, generator=generator)
+    out, stats, grad_qkv = run_kernels_with_mask(qkv.to(DEVICE), heads, dkh, dvh, keep.to(DEVICE),
+                                                 grad_out.to(DEVICE, dtype))
+    assert torch.isfinite(out).all() and torch.isfinite(stats).all() and torch.isfinite(grad_qkv).all()
+
+    exact, expected = float64_reference("spatial", qkv, heads, heads * dkh, heads * dvh,
+                                        keep.view(n, t, heads, v))
+    expected.backward(grad_out)
+    q, k, _ = exact.detach()[0].split([dkh, dkh, dvh])
+    scores = torch.einsum("dti,dtj->tij", q, k) * dkh ** -0.5
+    row_max = scores.amax(-1, keepdim=True)
+    weights = torch.exp(scores - row_max)
+    kept = weights * keep.view(t, 1, v)
+    statistic = row_max[..., 0] + torch.log(kept.sum(-1) + 1e-8 * weights.sum(-1))
+    tolerance = TOLERANCE[torch.float64] if dtype == torch.float64 else TOLERANCE[torch.float32]
+    torch.testing.assert_close(stats.cpu().double().view(t, v), statistic, rtol=tolerance, atol=tolerance)
+    assert relative_error(out.cpu(), expected.detach()) <= TOLERANCE[dtype]
+    assert relative_error(grad_qkv.cpu(), exact.grad) <= TOLERANCE[dtype]
+
+
+def test_int64_offsets_within_a_frame_give_the_same_results(monkeypatch, seed):
+    """The launcher switches to int64 offsets within a frame when a tensor's channels and joints
+    span 2^31 elements; forced on, that code path must agree with the reference too."""
+    monkeypatch.setattr(spatial_kernels, "_needs_wide_offsets", lambda *tensors: True)
+    check_core_against_reference("spatial", SHAPES[0], DTYPES[-1], 0.5, seed)
+
+
+def test_pinned_configs_launch_the_first_config(monkeypatch, seed):
+    """STTR_PIN_CONFIGS=1: no autotuning, the launcher's first config for the shape."""
+    monkeypatch.setattr(spatial_kernels, "PIN_CONFIGS", True)
+    check_core_against_reference("spatial", SHAPES[0], torch.float32, 0.5, seed)
+
+
+@pytest.mark.parametrize("element_size", [2, 4])
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_the_launcher_covers_each_row_with_one_warp_and_keeps_st_tr_within_the_register_budget(
+        kernel, element_size):
+    """Every config the launcher may pick for ST-TR's head splits (25 joints) is within the
+    register budget and, with 16-bit dots (mma.sync, 16 rows per warp), puts one warp on every 16
+    padded joints, so that no warp repeats another's rows."""
+    configs = spatial_kernels._configs(interpreting=False)
+    for dkh, dvh in ((4, 16), (8, 32), (16, 64)):
+        blocks = spatial_kernels.block_sizes(25, dkh, dvh)
+        shape = (element_size, blocks["BLOCK_V"], blocks["BLOCK_DK"], blocks["BLOCK_DV"])
+        picked = spatial_kernels.fitting_configs(configs, kernel, *shape)
+        assert picked and all(spatial_kernels.within_budget(c, kernel, *shape) for c in picked)
+        if element_size == 2:
+            assert all(c.num_warps * 16 == blocks["BLOCK_V"] for c in picked)
+
+
+def test_the_autotuner_keys_the_frame_count_by_power_of_two_buckets():
+    """A smaller last batch (56 clips instead of 64) reuses the tuned config; the bucket is a
+    kernel argument because the autotuner keys only on arguments."""
+    assert spatial_kernels.frames_bucket(64 * 300) == spatial_kernels.frames_bucket(56 * 300) == 2**15
+    key = spatial_kernels._AUTOTUNE_KEY
+    assert "frames_bucket" in key and "n_frames" not in key
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

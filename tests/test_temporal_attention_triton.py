@@ -19,7 +19,7 @@ from triton_harness import (CUDA, DEVICE, DTYPES, MODULE_DTYPE, TOLERANCE,  # no
                             assert_all_gradients_close, assert_matches_reference, check_core_against_reference,
                             compare_under_autocast, compare_units, environment_without_interpreter,
                             float64_reference, nan_poisoned_buffers, needs_gpu, random_qkv, relative_error,
-                            run_triton, without_compile_caches)
+                            run_triton, stride_order, without_compile_caches)
 
 pytestmark = pytest.mark.usefixtures(nan_poisoned_buffers.__name__)
 
@@ -31,6 +31,7 @@ SHAPES = [
     (1, 150, 1, 1, 4, 16),   # T-TR units 3-5
     (1, 301, 1, 1, 16, 5),   # past 300: 19 blocks; dk per head 16, odd dv per head
     (2, 20, 3, 2, 5, 7),     # several joints and persons: sequence offsets through the V stride
+    (1, 40, 2, 1, 4, 32),    # dv per head 32, wider than the 16-query tile: the mask goes on the scores
 ]
 
 
@@ -96,21 +97,22 @@ def test_the_seed_reproduces_the_mask_and_the_backward_is_deterministic(seed):
 
 
 def test_strided_inputs_are_read_in_place(seed):
-    """TSA's own qkv (the convolution output (N', C, V, T) transposed, frames unit-stride) gives
-    a contiguous output and gradient, channels_last qkv channels_last ones. A channel slice of a
-    wider tensor and the expanded gradient of out.sum() are read through their strides."""
+    """TSA's own qkv (the convolution output (N', C, V, T) transposed, frames unit-stride) and a
+    channels_last qkv give an output and a gradient in qkv's stride order, so no copy appears
+    around the core. A channel slice of a wider tensor and the expanded gradient of out.sum() are
+    read through their strides."""
     dtype = torch.float32
     n, t, v, heads, dkh, dvh = 2, 20, 3, 2, 4, 8
     base, _, dk, dv = random_qkv((n, v, t, heads, dkh, dvh), dtype, seed)
     transposed = base.detach().transpose(2, 3).requires_grad_(True)  # (N', C, T, V), T unit-stride
     channels_last = random_qkv((n, t, v, heads, dkh, dvh), dtype, seed, memory_format=torch.channels_last)[0]
-    for qkv, layout in ((transposed, torch.contiguous_format), (channels_last, torch.channels_last)):
+    for qkv in (transposed, channels_last):
         out, mask = run_triton("temporal", qkv, heads, dk, dv, 0.5, seed)
-        assert out.is_contiguous(memory_format=layout)
+        assert stride_order(out) == stride_order(qkv)
         summed = torch.ones((), dtype=dtype, device=DEVICE).expand(out.shape)  # the gradient of out.sum()
         # The kernel's own gradient buffer (qkv.grad would take the leaf's strides).
         (grad,) = torch.autograd.grad(out, qkv, summed, retain_graph=True)
-        assert grad.is_contiguous(memory_format=layout)
+        assert stride_order(grad) == stride_order(qkv)
         assert_matches_reference("temporal", qkv, heads, dk, dv, out, mask, summed, seed)
 
     wider, _, _, _ = random_qkv((n, t, v, heads, 5, 9), dtype, seed)
@@ -194,16 +196,45 @@ def test_many_joints_are_fine_for_the_temporal_kernel(seed):
     check_core_against_reference("temporal", (1, 3, 70, 1, 2, 2), torch.float32, 0.5, seed)
 
 
-def test_the_padding_rule_picks_tiles_for_st_trs_lengths():
-    """Configs whose padding computes more than PADDING_SLACK times the fewest scores are pruned."""
-    configs = [kernels.triton.Config({"BLOCK_M": m, "BLOCK_N": n}) for m, n in
-               ((16, 16), (16, 32), (32, 32), (64, 64))]
-    tiles = {length: {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"])
-                      for c in kernels.least_padded_configs(configs, length)}
-             for length in (75, 150, 300, 1024)}
-    assert tiles[75] == {(16, 16)}
-    assert tiles[150] == {(16, 16), (16, 32), (32, 32)}
-    assert tiles[300] == tiles[1024] == {(16, 16), (16, 32), (32, 32), (64, 64)}
+def test_the_tile_rule_picks_tiles_for_st_trs_lengths():
+    """16-bit operands: one warp per 16 rows of a program's tile (none repeats another's work),
+    tiles padding the scores at most PADDING_SLACK times the least, in order of preference, so
+    that 64 x 32 runs at L = 150 (within 4 % of each kernel's fastest tile under the cost model)
+    and 16 x 16 at L = 75 (the fastest there; 64 x 32 would compute 1.9 times the scores).
+    Float32 and float64: 16 x 16 tiles on two warps, which no head width makes spill."""
+    configs = kernels._configs(interpreting=False)
+
+    def tiles(length, element_size):
+        picked = kernels.pick_configs(configs, length, element_size)
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) for c in picked]
+
+    assert tiles(75, 2) == [(16, 16, 1), (32, 16, 2)]
+    assert tiles(150, 2) == [(64, 32, 4), (16, 16, 1), (32, 16, 2)]
+    assert tiles(300, 2) == tiles(1024, 2) == tiles(150, 2)
+    assert tiles(7, 2) == [(16, 16, 1)]
+    for length in (7, 75, 150, 1024):
+        assert tiles(length, 4) == tiles(length, 8) == [(16, 16, 2)]
+
+
+def test_pinned_configs_launch_without_the_autotuner(seed, monkeypatch):
+    """STTR_PIN_CONFIGS=1: each kernel runs the first config the launcher may pick, directly."""
+    monkeypatch.setattr(kernels, "PIN_CONFIGS", True)
+    monkeypatch.setattr(kernels, "_AUTOTUNED", {})  # any autotuned launch would fail
+    check_core_against_reference("temporal", (1, 20, 2, 2, 4, 8), torch.float32, 0.5, seed)
+
+
+def test_int64_tile_offsets_give_the_same_results(seed, monkeypatch):
+    """Strides whose tile offsets overflow int32 make the launcher compile int64 offsets (WIDE);
+    forced here on small tensors."""
+    monkeypatch.setattr(kernels, "_wide_offsets", lambda *tensors: True)
+    check_core_against_reference("temporal", (2, 20, 2, 2, 4, 8), MODULE_DTYPE, 0.5, seed)
+
+
+def test_batches_beyond_the_grid_are_refused(monkeypatch):
+    monkeypatch.setattr(kernels, "_GRID_LIMIT", 1)
+    qkv, heads, dk, dv = random_qkv((2, 5, 1, 1, 2, 2), torch.float32, 0)
+    with pytest.raises(ValueError, match="at most 1 sequences"):
+        ops.temporal_attention(qkv, heads, dk, dv, backend="triton")
 
 
 @pytest.mark.slow

@@ -61,6 +61,11 @@ def random_qkv(shape, dtype, seed, memory_format=torch.contiguous_format):
     return qkv, heads, heads * dkh, heads * dvh
 
 
+def stride_order(tensor: torch.Tensor) -> list[int]:
+    """The axes from the outermost (largest stride) to the innermost."""
+    return sorted(range(tensor.dim()), key=lambda axis: (-tensor.stride(axis), axis))
+
+
 def key_mask_shape(op: str, qkv: torch.Tensor, heads: int) -> tuple[int, ...]:
     n, _, t, v = qkv.shape
     return (n, t, heads, v) if op == "spatial" else (n, v, heads, t)
