@@ -70,11 +70,11 @@ def test_no_file_refers_outside_the_repository():
 
 
 @pytest.mark.parametrize("line, relative, expected", [
-    ('KEYS = Path(__file__).parents[2] / "shared/spec"', "tests/test_x.py", "leaves the repository"),
+    ('KEYS = Path(__file__).parents[2] / "outside/spec"', "tests/test_x.py", "leaves the repository"),
     ('KEYS = Path(__file__).parents[1] / "tests/data"', "tests/test_x.py", None),
     ("ROOT = Path(__file__).parent.parent.parent", "tests/test_x.py", "leaves the repository"),
     ("ROOT = Path(__file__).parent.parent", "tests/test_x.py", None),
-    ('open("../shared/spec/STTR.md")', "sttr_fast/x.py", "climbs above"),
+    ('open("../outside/spec/STTR.md")', "sttr_fast/x.py", "climbs above"),
     ("# see DATA.md §2", "sttr_fast/x.py", "does not hold"),
     ("# see docs/data.md", "sttr_fast/x.py", None),
     ("# heads are contiguous chunks (spec §4)", "kernels/x.py", "spec"),
