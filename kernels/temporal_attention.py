@@ -125,6 +125,22 @@ def _load_keep_weights(keep_ptr, tokens, L, ACC: tl.constexpr):
 
 
 @triton.jit
+def _key_block(q, keys_ptr, values_ptr, key_offsets, value_offsets, first_key, L, stride_t,
+               DKH: tl.constexpr, DVH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DK: tl.constexpr,
+               BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
+    """The k and v tiles of the keys from ``first_key`` on, the raw scores q·kᵀ (-inf for keys
+    past L when MASKED) and the keys' indices."""
+    shift = tl.cast(first_key, tl.int64) * stride_t
+    k = _load_tile(keys_ptr + shift, key_offsets, first_key, L, DKH, BLOCK_N, BLOCK_DK, MASKED)
+    v = _load_tile(values_ptr + shift, value_offsets, first_key, L, DVH, BLOCK_N, BLOCK_DV, MASKED)
+    raw = tl.dot(q, tl.trans(k), input_precision="ieee")
+    keys = first_key + tl.arange(0, BLOCK_N)
+    if MASKED:
+        raw = tl.where((keys < L)[None, :], raw, float("-inf"))
+    return k, v, raw, keys
+
+
+@triton.jit
 def _forward_step(q, keys_ptr, values_ptr, key_offsets, value_offsets, keep_ptr, first_key, L,
                   stride_t, scale, row_max, denominator, acc,
                   DKH: tl.constexpr, DVH: tl.constexpr, DROP: tl.constexpr, ACC: tl.constexpr,
@@ -133,13 +149,8 @@ def _forward_step(q, keys_ptr, values_ptr, key_offsets, value_offsets, keep_ptr,
     """One block of keys of the online softmax. ``row_max`` is the running maximum of the raw
     scores q·k (the scale is positive, so it orders them alike), ``denominator`` Σ a relative to
     it (with DropAttention Σ a·(m + 1e-8) = K + 1e-8·L), ``acc`` Σ m·a·v."""
-    shift = tl.cast(first_key, tl.int64) * stride_t
-    k = _load_tile(keys_ptr + shift, key_offsets, first_key, L, DKH, BLOCK_N, BLOCK_DK, MASKED)
-    v = _load_tile(values_ptr + shift, value_offsets, first_key, L, DVH, BLOCK_N, BLOCK_DV, MASKED)
-    raw = tl.dot(q, tl.trans(k), input_precision="ieee")
-    keys = first_key + tl.arange(0, BLOCK_N)
-    if MASKED:
-        raw = tl.where((keys < L)[None, :], raw, float("-inf"))
+    k, v, raw, keys = _key_block(q, keys_ptr, values_ptr, key_offsets, value_offsets, first_key, L,
+                                 stride_t, DKH, DVH, BLOCK_N, BLOCK_DK, BLOCK_DV, MASKED)
     # Every block holds a valid key, so new_max is finite from the first block on and the first
     # rescale is exp2(-inf) = 0.
     new_max = tl.maximum(row_max, tl.max(raw, axis=1))
@@ -232,14 +243,9 @@ def _query_step(q, grad_out, stats, delta, keys_ptr, values_ptr, key_offsets, va
                 BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
     """dS of a block of keys, added into dQ: dS = q ⊙ (m ⊙ dP − (m + 1e-8)·D) with
     q = exp(s − Λ), ``stats`` = Λ in base-2 units."""
-    shift = tl.cast(first_key, tl.int64) * stride_t
-    k = _load_tile(keys_ptr + shift, key_offsets, first_key, L, DKH, BLOCK_N, BLOCK_DK, MASKED)
-    v = _load_tile(values_ptr + shift, value_offsets, first_key, L, DVH, BLOCK_N, BLOCK_DV, MASKED)
-    raw = tl.dot(q, tl.trans(k), input_precision="ieee")
-    keys = first_key + tl.arange(0, BLOCK_N)
-    if MASKED:
-        # Weight 0 for padded keys, which would otherwise add their 1e-8·D share.
-        raw = tl.where((keys < L)[None, :], raw, float("-inf"))
+    # Padded keys score -inf: weight 0, so they add no 1e-8·D share.
+    k, v, raw, keys = _key_block(q, keys_ptr, values_ptr, key_offsets, value_offsets, first_key, L,
+                                 stride_t, DKH, DVH, BLOCK_N, BLOCK_DK, BLOCK_DV, MASKED)
     weights = tl.exp2(raw * scale - stats[:, None])
     if DROP:
         keep, weight = _load_keep_weights(keep_ptr, keys, L, ACC)
