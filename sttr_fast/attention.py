@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .checks import check_input
+from .checks import check_input, check_integer, check_probability
 
 
 def joint_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
@@ -32,12 +32,21 @@ class ProjectionShortcut(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-def _head_split(module: str, channels: int, num_heads: int) -> tuple[int, int]:
-    dk, dv = int(0.25 * channels), channels
-    if num_heads < 1 or dk < num_heads or dk % num_heads or dv % num_heads:
-        raise ValueError(f"{module}: {channels} output channels give dk={dk}, dv={dv}, which "
-                         f"num_heads={num_heads} must divide (choose channels divisible by 4*num_heads)")
-    return dk, dv
+def head_split_fits(channels: int, num_heads: int) -> bool:
+    """Whether ``num_heads`` divides both the key width ``int(channels / 4)`` and ``channels``."""
+    dk = int(0.25 * channels)
+    return dk >= num_heads and dk % num_heads == 0 and channels % num_heads == 0
+
+
+def _head_split(module: str, argument: str, channels: int, num_heads: int) -> tuple[int, int]:
+    check_integer(module, "num_heads", num_heads)
+    check_integer(module, argument, channels)
+    if not head_split_fits(channels, num_heads):
+        raise ValueError(f"{module}: {argument}={channels} gives keys of {int(0.25 * channels)} "
+                         f"and values of {channels} channels, which num_heads={num_heads} must "
+                         f"both divide; choose {argument} a multiple of 4*num_heads = "
+                         f"{4 * num_heads}")
+    return int(0.25 * channels), channels
 
 
 class SpatialSelfAttention(nn.Module):
@@ -46,7 +55,11 @@ class SpatialSelfAttention(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_heads: int = 8,
                  drop_attention: float = 0.5, backend: str = "auto", num_joints: int = 25):
         super().__init__()
-        self.dk, self.dv = _head_split("SpatialSelfAttention", out_channels, num_heads)
+        name = "SpatialSelfAttention"
+        check_integer(name, "in_channels", in_channels)
+        check_integer(name, "num_joints", num_joints)
+        check_probability(name, "drop_attention", drop_attention)
+        self.dk, self.dv = _head_split(name, "out_channels", out_channels, num_heads)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.num_heads, self.num_joints = num_heads, num_joints
         self.drop_attention, self.backend = drop_attention, backend
@@ -76,9 +89,11 @@ class TemporalSelfAttention(nn.Module):
     def __init__(self, channels: int, stride: int = 1, num_heads: int = 8,
                  drop_attention: float = 0.5, backend: str = "auto", num_joints: int = 25):
         super().__init__()
-        if stride < 1:
-            raise ValueError(f"TemporalSelfAttention: stride must be >= 1, got {stride}")
-        self.dk, self.dv = _head_split("TemporalSelfAttention", channels, num_heads)
+        name = "TemporalSelfAttention"
+        check_integer(name, "stride", stride)
+        check_integer(name, "num_joints", num_joints)
+        check_probability(name, "drop_attention", drop_attention)
+        self.dk, self.dv = _head_split(name, "channels", channels, num_heads)
         self.channels, self.stride = channels, stride
         self.num_heads, self.num_joints = num_heads, num_joints
         self.drop_attention, self.backend = drop_attention, backend

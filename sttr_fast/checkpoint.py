@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import uuid
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 
+from .data.file_kinds import NPY_MAGIC, ZIP_MAGIC, describe, text_beginning
 from .model import STTR
 
 # The authors' module names -> sttr_fast's. Prefix rules pick the block, then the inner renames
@@ -37,6 +41,15 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message lists every problem."""
 
 
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint built with other settings than the config; ``details`` has one line per
+    differing key, e.g. ``model.stream: checkpoint 'temporal', config 'spatial'``."""
+
+    def __init__(self, message: str, details: list[str]):
+        super().__init__(message)
+        self.details = details
+
+
 def official_key_to_sttr(key: str) -> str | None:
     """The sttr_fast name of one of the authors' parameter keys, or None if it is not theirs."""
     for pattern, replacement in _PREFIX_RULES:
@@ -48,18 +61,60 @@ def official_key_to_sttr(key: str) -> str | None:
     return None
 
 
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _legacy_torch(head: bytes) -> bool:
+    """The pre-1.6 torch.save format: a pickle whose first object is torch's magic number."""
+    return head.startswith(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19")
+
+
+def load_torch_file(path, what: str = "checkpoint"):
+    """``torch.load`` of a file, without running code; every way a file can fail to be a torch
+    checkpoint (absent, empty, text, another format, truncated, foreign objects) is a
+    CheckpointError that names the file, what was expected and what it holds."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} {path.resolve()} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is a directory, expected a .pt file")
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(512)
+    expected = "expected a torch checkpoint (.pt)"
+    if not head or head.startswith(NPY_MAGIC) or text_beginning(head) is not None:
+        raise CheckpointError(f"{what} {path} {describe(path)}; {expected}")
+    if head.startswith(ZIP_MAGIC) and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{what} {path} is truncated or damaged: a torch archive of "
+                              f"{size:,} bytes without its end (an interrupted copy or download?)")
+    try:
+        with warnings.catch_warnings():
+            # a foreign pickle makes torch ask the user to file an issue; the error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        foreign = _UNSUPPORTED_GLOBAL.search(str(error))
+        if foreign:
+            raise CheckpointError(
+                f"{what} {path} holds a pickled {foreign.group(1)}; checkpoints are read without "
+                "running code, so only tensors, numbers, strings and containers are accepted"
+            ) from error
+        raise CheckpointError(f"{what} {path} {describe(path)}, not one torch.load can read; "
+                              f"{expected}") from error
+    except Exception as error:  # torch raises many types for damaged or foreign files
+        if head[0] != ZIP_MAGIC[0] and not _legacy_torch(head):
+            raise CheckpointError(f"{what} {path} {describe(path)}; {expected}") from error
+        reason = str(error).split(". ")[0].strip() or type(error).__name__
+        raise CheckpointError(f"{what} {path} is damaged or not a torch checkpoint "
+                              f"({type(error).__name__}: {reason}); {expected}") from error
+
+
 def read_state_dict(source, what: str = "checkpoint") -> dict[str, torch.Tensor]:
     """A state_dict from a dict or a ``.pt`` path: bare, or under ``model``/``state_dict``,
     with DataParallel's ``module.`` prefixes removed."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"{what} {path} does not exist or is not a file")
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for truncated or foreign files
-            raise CheckpointError(f"{what} {path} could not be read as a torch checkpoint: "
-                                  f"{type(error).__name__}: {error}") from error
+        source = load_torch_file(path, what)
         what = f"{what} {path}"
     if not isinstance(source, dict):
         raise CheckpointError(f"{what} holds a {type(source).__name__}, expected a state_dict")
@@ -73,7 +128,27 @@ def read_state_dict(source, what: str = "checkpoint") -> dict[str, torch.Tensor]
             raise CheckpointError(f"{what}: entry {key!r} is a {type(value).__name__}, "
                                   "expected a tensor")
         state[key.removeprefix("module.")] = value
+    if not state:
+        raise CheckpointError(f"{what} holds no weights (an empty state_dict)")
     return state
+
+
+def load_strictly(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``model.load_state_dict(state, strict=True)``, with a refusal that counts the missing,
+    unexpected and mis-shaped keys and shows a few of each instead of listing them all."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshaped = [f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(value.shape)}"
+                 for key, value in expected.items()
+                 if key in state and state[key].shape != value.shape]
+    problems = [f"{len(keys)} {kind} key{'s' if len(keys) > 1 else ''} (e.g. "
+                + ", ".join(keys[:2]) + ")"
+                for kind, keys in (("missing", missing), ("unexpected", unexpected),
+                                   ("mis-shaped", misshaped)) if keys]
+    if problems:
+        raise CheckpointError(f"{what} does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
 
 
 def official_model_config(state: dict[str, torch.Tensor]) -> dict:

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import ProjectionShortcut, SpatialSelfAttention, TemporalSelfAttention
-from .checks import check_input
+from .attention import (ProjectionShortcut, SpatialSelfAttention, TemporalSelfAttention,
+                        head_split_fits)
+from .checks import check_input, check_integer, check_probability
 from .graph import Graph, ntu_graph
 
 STREAMS = ("spatial", "temporal")
@@ -85,9 +86,22 @@ class STTR(nn.Module):
         elif graph.num_joints != num_point:
             raise ValueError(f"STTR: graph has {graph.num_joints} joints but num_point={num_point}")
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
-                            ("base_channels", base_channels), ("num_person", num_person)):
-            if value < 1:
-                raise ValueError(f"STTR: {name} must be positive, got {value}")
+                            ("base_channels", base_channels), ("num_person", num_person),
+                            ("num_point", num_point), ("num_heads", num_heads)):
+            check_integer("STTR", name, value)
+        check_probability("STTR", "drop_attention", drop_attention)
+        check_probability("STTR", "dropout", dropout, below_one=True)
+        # The attention units get 2 and 4 x base_channels; say so in terms of base_channels
+        # rather than let a unit complain about channels the user never wrote.
+        if not all(head_split_fits(k * base_channels, num_heads) for k in (2, 4)):
+            fitting = [b for b in range(1, 4 * base_channels + 1)
+                       if all(head_split_fits(k * b, num_heads) for k in (2, 4))]
+            near = sorted(fitting, key=lambda b: abs(b - base_channels))[:2]
+            raise ValueError(f"STTR: base_channels={base_channels} does not split into "
+                             f"num_heads={num_heads} heads (the attention units have "
+                             f"2*base_channels and 4*base_channels channels, a quarter of them "
+                             f"keys); choose a multiple of 2*num_heads = {2 * num_heads}, e.g. "
+                             + " or ".join(str(b) for b in sorted(near)))
         self.stream, self.in_channels, self.num_classes = stream, in_channels, num_classes
         self.num_point, self.num_person = num_point, num_person
         adjacency = graph.spatial_adjacency()

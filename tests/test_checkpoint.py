@@ -3,8 +3,11 @@
 The authors' parameter names and shapes, one ``name (shape)`` line each, are stored under
 ``tests/data/official_state_dict/`` for S-TR and T-TR on joints and on joints+bones."""
 import ast
+import pickle
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,14 +110,47 @@ def test_checkpoint_files_in_every_layout(tmp_path, wrapper, data_parallel):
                        state["backbone.3.tcn1.qkv_conv.weight"])
 
 
-def test_corrupt_and_absent_files_are_named(tmp_path):
-    torch.save(official_state_dict(KEY_LISTS[0]), tmp_path / "good.pt")
-    corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes((tmp_path / "good.pt").read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match=f"{corrupt} could not be read"):
-        convert_official_state_dict(corrupt)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        convert_official_state_dict(tmp_path / "absent.pt")
+def _truncated(path):
+    torch.save(official_state_dict(KEY_LISTS[0]), path)
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+def _legacy_truncated(path):
+    torch.save({"w": torch.randn(64, 64)}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:-300])
+
+
+# how to spoil a checkpoint file -> what the error must say about it
+SPOILT_FILES = {
+    "truncated": (_truncated, "is truncated or damaged: a torch archive of 5,000 bytes"),
+    "truncated-legacy": (_legacy_truncated, "is damaged or not a torch checkpoint"),
+    "empty": (lambda path: path.write_bytes(b""), r"is empty \(0 bytes\)"),
+    "text": (lambda path: path.write_text("epoch,loss\n1,0.5\n"),
+             r"is a text file \(it begins 'epoch,loss'\)"),
+    "npy": (lambda path: np.save(open(path, "wb"), np.zeros(3)), "is a numpy .npy array"),
+    "label pickle": (lambda path: path.write_bytes(pickle.dumps((["a"], [0]))),
+                     r"is a Python pickle \(a label or score file\?\)"),
+    "foreign object": (lambda path: torch.save({"model": {"w": torch.zeros(1)},
+                                                "acc": np.float64(0.5)}, path),
+                       "holds a pickled numpy"),
+    "not a state_dict": (lambda path: torch.save([torch.zeros(1)], path),
+                         "holds a list, expected a state_dict"),
+}
+
+
+@pytest.mark.parametrize("spoil, message", SPOILT_FILES.values(), ids=SPOILT_FILES)
+def test_spoilt_checkpoint_files_are_named_with_what_they_hold(tmp_path, spoil, message):
+    path = tmp_path / "spoilt.pt"
+    spoil(path)
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} {message}"):
+        convert_official_state_dict(path)
+
+
+def test_absent_checkpoint_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(tmp_path / 'absent.pt'))} does "
+                                              "not exist"):
+        convert_official_state_dict("absent.pt")
 
 
 def test_imported_model_runs_and_cli_writes_a_loadable_checkpoint(tmp_path, capsys):

@@ -133,13 +133,16 @@ def test_label_file_errors(agcn_folder):
     folder, *_ = agcn_folder
     with open(folder / "val_label.pkl", "wb") as file:
         pickle.dump((["a.skeleton"], [1]), file)
-    with pytest.raises(ValueError, match="5 samples but 1 labels"):
+    with pytest.raises(ValueError, match="holds 5 samples but the label file .*val_label.pkl has 1"):
         AGCNDataset.in_folder(folder, "val")
     with open(folder / "val_label.pkl", "wb") as file:
         pickle.dump({"names": []}, file)
     with pytest.raises(ValueError, match="not a 2s-AGCN label file"):
         AGCNDataset.in_folder(folder, "val")
     (folder / "val_label.pkl").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"is a text file \(it begins 'garbage'\), not a pickle"):
+        AGCNDataset.in_folder(folder, "val")
+    (folder / "val_label.pkl").write_bytes(pickle.dumps((["a.skeleton"] * 5, [1] * 5))[:-4])
     with pytest.raises(ValueError, match="cannot be read as a data pickle"):
         AGCNDataset.in_folder(folder, "val")
     (folder / "val_label.pkl").unlink()

@@ -291,4 +291,4 @@ def test_ensemble_on_known_scores(tmp_path, capsys):
     assert "fuses 4 streams, got 2" in capsys.readouterr().err
     label_file.write_bytes(pickle.dumps((names + ["e.skeleton"], labels + [1])))
     assert main(["ensemble", *paths, "--labels", str(label_file)]) == 2
-    assert "no scores for 1 labelled samples" in capsys.readouterr().err
+    assert "no scores for 1 of the 5 samples" in capsys.readouterr().err

@@ -36,13 +36,42 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _device(name: str):
+    """The torch device ``--device`` names, refused in one line if this machine has none."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from error
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: this machine has no CUDA GPU that PyTorch can use "
+                             f"(torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: sttr bench runs on cpu or cuda")
+    return device
+
+
 def run(args) -> int:
     import torch
 
     from ..model import STTR
+    from ..ops import available_backends
 
+    for option, value, least in (("--batch-size", args.batch_size, 1), ("--frames", args.frames, 4),
+                                 ("--num-classes", args.num_classes, 1), ("--steps", args.steps, 0)):
+        if value < least:
+            raise ValueError(f"{option} must be at least {least}, got {value}")
+    device = _device(args.device)
+    if args.backend != "auto" and args.backend not in available_backends():
+        raise ValueError(f"--backend {args.backend}: unknown or unavailable here; expected auto or "
+                         f"one of {', '.join(available_backends())}")
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
     in_channels, base = (3, 64) if args.modality == "joint" else (6, 128)
     model = STTR(num_classes=args.num_classes, stream=args.stream, in_channels=in_channels,
                  base_channels=base, backend=args.backend).to(device)

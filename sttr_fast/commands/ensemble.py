@@ -28,6 +28,9 @@ def run(args) -> int:
     from ..train.scores import PRESET_WEIGHTS, fuse, write_scores
 
     weights = args.weights
+    if args.out and any(Path(args.out).resolve() == Path(path).resolve() for path in args.scores):
+        raise ValueError(f"--out {args.out} is one of the score files; writing the fusion there "
+                         "would replace it")
     if args.preset:
         weights = PRESET_WEIGHTS[args.preset]
         if len(weights) != len(args.scores):

@@ -13,8 +13,10 @@ def add_parser(subparsers) -> None:
                     "one from `sttr import-checkpoint`, or the authors' own) on the config's "
                     "validation split; writes scores.pkl (sample name -> logits, the 2s-AGCN/ST-TR "
                     "layout that `sttr ensemble` fuses), per_class_accuracy.csv, "
-                    "confusion_matrix.png and test_metrics.json.")
-    parser.add_argument("--config", required=True)
+                    "confusion_matrix.png and test_metrics.json. Without --config, the config "
+                    "stored in a checkpoint of sttr train is used (overrides apply to it).")
+    parser.add_argument("--config", help="YAML config (default: the one stored in the checkpoint); "
+                                         "its model settings must match the checkpoint's")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--work-dir", help="output folder (default: the checkpoint's folder)")
     parser.add_argument("--no-progress", action="store_true")
@@ -24,18 +26,28 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..train import distributed
+    from ..checkpoint import load_strictly
+    from ..train.checkpoints import check_fits, read_checkpoint, require_training_config
     from ..train.config import load_config
     from ..train.data import build_dataset
-    from ..train.engine import build_model, evaluate, load_model_weights
+    from ..train.engine import build_model, evaluate
     from ..train.records import plot_confusion
     from ..train.scores import write_scores
 
-    config = load_config(args.config, args.overrides)
+    checkpoint = read_checkpoint(args.checkpoint)
+    if args.config:
+        config = load_config(args.config, args.overrides)
+        check_fits(checkpoint, config, f"--config {args.config}",
+                   "; leave out --config to use the checkpoint's own")
+    else:
+        config = load_config(None, args.overrides, values=require_training_config(checkpoint),
+                             values_source=f"the config stored in {checkpoint.path}")
+        check_fits(checkpoint, config, "these overrides")
     context = distributed.start(config.train.device)
     try:
         dataset = build_dataset(config, "val")
         model = build_model(config)
-        load_model_weights(model, args.checkpoint)
+        load_strictly(model, checkpoint.state, f"checkpoint {checkpoint.path}")
         result = evaluate(model.to(context.device), dataset, config, context,
                           progress=not args.no_progress)
         if context.is_main:

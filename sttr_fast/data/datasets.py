@@ -12,8 +12,9 @@ import torch
 from .augmentation import Augmentation
 from .modalities import CHANNELS, MODALITIES, check_derivable, check_modality, derive
 from .normalisation import pre_normalise as pre_normalise_sample
-from .npy_files import npz_member
-from .pickles import load_data_pickle
+from .file_kinds import NPY_MAGIC, describe
+from .npy_files import npz_member, read_npy_header
+from .pickles import load_data_pickle, summary
 
 # How 2s-AGCN / MS-G3D / ST-TR name their arrays, by what they hold.
 AGCN_FILE_SUFFIXES = {
@@ -108,6 +109,9 @@ class AGCNDataset(SkeletonDataset):
         if data.ndim != 5:
             raise ValueError(f"{data_path} holds an array of shape {data.shape}; expected "
                              "(N, C, T, V, M)")
+        if len(data) != len(labels):
+            raise ValueError(f"{data_path} holds {len(data)} samples but the label file "
+                             f"{label_path} has {len(labels)}; are they of the same split?")
         super().__init__(data, labels, names, stored=stored, modality=modality,
                          augmentation=augmentation, pre_normalise=pre_normalise,
                          source=str(data_path))
@@ -240,6 +244,23 @@ def _stored_kind(path: Path) -> str:
 
 
 def _open_npy(path: Path, mmap: bool) -> np.ndarray:
+    expected = "expected a .npy array (N, C, T, V, M) as sttr prepare writes"
+    if not path.is_file():
+        raise ValueError(f"the array {path.resolve()} does not exist; {expected}")
+    with open(path, "rb") as file:
+        if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise ValueError(f"{path} {describe(path)}, not a .npy array; {expected}")
+        file.seek(0)
+        shape, _, dtype = read_npy_header(file, str(path))
+        offset = file.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path} holds Python objects (dtype {dtype}), which are not loaded; "
+                         f"{expected}")
+    needed = offset + int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < needed:
+        raise ValueError(f"{path} is truncated: its header says {dtype} {shape}, "
+                         f"{needed:,} bytes, but the file has {size:,}")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -260,7 +281,8 @@ def _read_label_file(path: Path) -> tuple[list[str], list[int]]:
             and all(isinstance(part, (tuple, list, np.ndarray)) for part in content)
             and len(content[0]) == len(content[1])):
         raise ValueError(f"{path} is not a 2s-AGCN label file: expected a pair (sample names, "
-                         "labels) of equal length")
+                         f"labels) of equal length; it holds {summary(content)}"
+                         + (" (a score file?)" if isinstance(content, dict) else ""))
     names, labels = content
     try:
         labels = [int(label) for label in labels]

@@ -36,13 +36,13 @@ def npz_member(path, key: str) -> np.ndarray:
         name_length = int.from_bytes(local_header[26:28], "little")
         extra_length = int.from_bytes(local_header[28:30], "little")
         file.seek(info.header_offset + _LOCAL_HEADER_SIZE + name_length + extra_length)
-        shape, fortran_order, dtype = _read_npy_header(file, f"{path}[{key}]")
+        shape, fortran_order, dtype = read_npy_header(file, f"{path}[{key}]")
         offset = file.tell()
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
                      order="F" if fortran_order else "C")
 
 
-def _read_npy_header(file, what: str):
+def read_npy_header(file, what: str):
     try:
         version = np.lib.format.read_magic(file)
         if version == (1, 0):
@@ -66,7 +66,7 @@ class NpyRowWriter:
             np.lib.format.open_memmap(self.path, mode="w+", dtype=np.float32,
                                       shape=(rows,) + self.row_shape).flush()
         with open(self.path, "rb") as file:
-            shape, _, dtype = _read_npy_header(file, str(self.path))
+            shape, _, dtype = read_npy_header(file, str(self.path))
             self.data_offset = file.tell()
         if shape != (rows,) + self.row_shape or dtype != np.float32:
             raise ValueError(f"{self.path} holds a {dtype} array {shape}, expected float32 "

@@ -9,6 +9,8 @@ import io
 import pickle
 from pathlib import Path
 
+from .file_kinds import describe
+
 _ALLOWED = {
     ("collections", "OrderedDict"), ("collections", "defaultdict"),
     ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
@@ -49,4 +51,19 @@ def load_data_pickle(path, what: str = "pickle"):
         except UnicodeDecodeError:
             return _DataUnpickler(io.BytesIO(raw), path, encoding="latin1").load()
     except _UNREADABLE as error:
+        if raw[:1] != b"\x80":  # not a pickle of protocol 2+; a failed protocol 0 one is text
+            raise ValueError(f"the {what} {path} {describe(path)}, not a pickle") from error
         raise ValueError(f"the {what} {path} cannot be read as a data pickle: {error}") from error
+
+
+def summary(content) -> str:
+    """What a loaded pickle holds, in a few words: ``'a dict of 16 entries'``, ``'a tuple of 3
+    items'``, ``'a pair of 16 and 15 items'``."""
+    kind = type(content).__name__
+    if isinstance(content, dict):
+        return f"a {kind} of {len(content)} entr{'y' if len(content) == 1 else 'ies'}"
+    if isinstance(content, (list, tuple)):
+        if len(content) == 2 and all(hasattr(part, "__len__") for part in content):
+            return f"a pair of {len(content[0])} and {len(content[1])} items"
+        return f"a {kind} of {len(content)} item{'' if len(content) == 1 else 's'}"
+    return f"a {kind}"

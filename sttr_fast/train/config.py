@@ -101,20 +101,43 @@ class ConfigError(ValueError):
     """A configuration that names an unknown key or holds a value of the wrong type or range."""
 
 
-def _valid_keys(cls, prefix: str = "") -> list[str]:
+def _valid_keys(cls, prefix: str = "", sections: bool = False) -> list[str]:
+    """Every dotted key (``train.epochs``); with ``sections``, the sections too (``data.augment``)."""
     keys = []
     for name, annotation in typing.get_type_hints(cls).items():
         if dataclasses.is_dataclass(annotation):
-            keys += _valid_keys(annotation, f"{prefix}{name}.")
+            keys += [f"{prefix}{name}"] if sections else []
+            keys += _valid_keys(annotation, f"{prefix}{name}.", sections)
         else:
             keys.append(f"{prefix}{name}")
     return keys
 
 
-def _unknown_key(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, _valid_keys(Config), n=3, cutoff=0.75)
+def _leaves(key: str, value) -> list[str]:
+    """The dotted keys a value sets: ``trian`` with ``{epochs: 3}`` sets ``trian.epochs``."""
+    if isinstance(value, dict) and value:
+        return [leaf for name, inner in value.items() for leaf in _leaves(f"{key}.{name}", inner)]
+    return [key]
+
+
+def _unknown_key(key: str, value, where: str) -> ConfigError:
+    """An unknown key or section, with the closest valid keys (a misspelt section is matched
+    together with the keys under it, so ``trian.epochs`` suggests ``train.epochs``)."""
+    valid = _valid_keys(Config)
+    if isinstance(value, dict):
+        close = []
+        for leaf in _leaves(key, value):
+            close += [match for match in difflib.get_close_matches(leaf, valid, n=3, cutoff=0.75)
+                      if match not in close]
+        close = close or difflib.get_close_matches(key, _valid_keys(Config, sections=True), n=3,
+                                                   cutoff=0.6)
+        what = f"section '{key}'" + (f" (in {', '.join(_leaves(key, value))})" if value else "")
+    else:
+        close = difflib.get_close_matches(key, _valid_keys(Config, sections=True), n=3,
+                                          cutoff=0.75)
+        what = f"key '{key}'"
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"{where}: unknown config key '{key}'{hint}")
+    return ConfigError(f"{where}: unknown config {what}{hint}")
 
 
 def _coerce(key: str, value, annotation, where: str):
@@ -143,7 +166,7 @@ def _apply(instance, values: dict, prefix: str, where: str) -> None:
     for name, value in values.items():
         key = f"{prefix}{name}"
         if name not in names:
-            raise _unknown_key(key, where)
+            raise _unknown_key(key, value, where)
         current = getattr(instance, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -163,14 +186,23 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config file {path} does not exist")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not a text file, expected a YAML config") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(error)}") from error
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {values!r}")
     base = values.pop("_base_", None)
     if base is None:
         return values
     return _deep_merge(_read_yaml(path.parent / base, (*seen, path)), values)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: what is wrong and where."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def _deep_merge(base: dict, overrides: dict) -> dict:
@@ -191,16 +223,19 @@ def parse_override(text: str) -> tuple[str, object]:
     try:
         return key.strip(), yaml.safe_load(raw)
     except yaml.YAMLError as error:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML: {error}") from error
+        raise ConfigError(f"override {text!r}: the value is not valid YAML: "
+                          f"{_yaml_problem(error)}") from error
 
 
-def load_config(path=None, overrides: list[str] = (), values: dict | None = None) -> Config:
-    """Defaults, then the YAML file (if any), then ``values``, then ``key=value`` overrides."""
+def load_config(path=None, overrides: list[str] = (), values: dict | None = None,
+                values_source: str = "config values") -> Config:
+    """Defaults, then the YAML file (if any), then ``values`` (from ``values_source``), then
+    ``key=value`` overrides."""
     config = Config()
     if path is not None:
         _apply(config, _read_yaml(Path(path)), "", str(path))
     if values:
-        _apply(config, values, "", "config values")
+        _apply(config, values, "", values_source)
     for text in overrides:
         key, value = parse_override(text)
         section, _, name = key.rpartition(".")
@@ -219,6 +254,9 @@ def _check_ranges(config: Config) -> None:
         ("data.batch_size", config.data.batch_size >= 1, ">= 1"),
         ("data.eval_batch_size", config.data.eval_batch_size >= 1, ">= 1"),
         ("data.num_workers", config.data.num_workers >= 0, ">= 0"),
+        ("data.num_person", config.data.num_person >= 1, ">= 1"),
+        ("data.augment.window", config.data.augment.window % 4 == 0 and
+         config.data.augment.window >= 0, "0 (off) or a positive multiple of 4"),
         ("optim.accumulate", config.optim.accumulate >= 1, ">= 1"),
         ("optim.lr", config.optim.lr > 0, "> 0"),
         ("train.epochs", config.train.epochs >= 1, ">= 1"),
@@ -229,8 +267,9 @@ def _check_ranges(config: Config) -> None:
     ]
     for key, ok, requirement in checks:
         if not ok:
-            section, name = key.split(".")
-            value = getattr(getattr(config, section), name)
+            value = config
+            for name in key.split("."):
+                value = getattr(value, name)
             raise ConfigError(f"{key} must be {requirement}, got {value!r}")
 
 

@@ -1,17 +1,52 @@
 """Datasets and batch order for training and evaluation, from the ``data`` config section."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from ..data import AGCNDataset, Augmentation, CTRGCNDataset, PysklDataset, SyntheticActionDataset
 from .config import Config, ConfigError
 
 
+NUM_JOINTS = 25  # the network is built on the NTU skeleton
+PREPARE_HINT = ("`sttr prepare` writes the 2s-AGCN arrays and labels from the raw NTU skeletons, "
+                "e.g. sttr prepare --dataset ntu60 --raw-dir nturgb+d_skeletons --out-dir data/ntu60")
+
+
 def _required(config: Config, key: str) -> str:
+    """The file named by ``data.<key>``, which must exist."""
     value = getattr(config.data, key)
     if not value:
         raise ConfigError(f"data.format={config.data.format!r} needs data.{key}")
+    path = Path(value)
+    if not path.exists():
+        hint = f"; {PREPARE_HINT}" if config.data.format == "agcn" else ""
+        raise ConfigError(f"data.{key}: {path.resolve()} does not exist{hint}")
+    if not path.is_file():
+        raise ConfigError(f"data.{key}: {path.resolve()} is a directory, expected a file")
     return value
+
+
+def _check_samples(dataset, config: Config, split: str, training: bool) -> None:
+    """Samples the network can take: 25 joints, data.num_person bodies, frames a multiple of 4."""
+    if len(dataset) == 0:
+        raise ConfigError(f"the {split} data {dataset.source} holds no samples")
+    _, frames, joints, bodies = np.asarray(dataset.data[0]).shape
+    if training and config.data.augment.window:
+        frames = config.data.augment.window
+    problems = []
+    if joints != NUM_JOINTS:
+        problems.append(f"{joints} joints per body (the network is built for the 25-joint NTU "
+                        "skeleton)")
+    if bodies != config.data.num_person:
+        problems.append(f"{bodies} bodies per sample where data.num_person={config.data.num_person}")
+    if frames == 0 or frames % 4:
+        problems.append(f"{frames} frames per sample (the network needs a positive multiple of 4; "
+                        "set data.augment.window to crop or pad)")
+    if problems:
+        raise ConfigError(f"the {split} data {dataset.source} has " + " and ".join(problems))
 
 
 def build_dataset(config: Config, split: str, training: bool = False):
@@ -39,8 +74,10 @@ def build_dataset(config: Config, split: str, training: bool = False):
         dataset = CTRGCNDataset(archive, "train" if split == "train" else "test",
                                 modality=data.modality, augmentation=augmentation)
     if dataset.num_classes > config.model.num_classes:
-        raise ConfigError(f"the {split} data has labels up to {dataset.num_classes - 1} but "
-                          f"model.num_classes={config.model.num_classes}")
+        raise ConfigError(f"the {split} data {dataset.source} has labels up to "
+                          f"{dataset.num_classes - 1} but model.num_classes="
+                          f"{config.model.num_classes}")
+    _check_samples(dataset, config, split, training)
     return dataset
 
 

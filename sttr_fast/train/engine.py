@@ -12,20 +12,28 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import CheckpointError, read_state_dict, save_atomic
+from ..checkpoint import CheckpointError, save_atomic
 from ..data.modalities import CHANNELS
 from ..model import STTR
-from . import distributed
+from . import distributed, work_dir as work_dirs
+from .checkpoints import TRAINING_FORMAT, check_fits, read_checkpoint
 from .config import Config, ConfigError, load_config, save_config
 from .data import StepBatches, build_dataset
 from .metrics import summarise
 from .records import EpochRecords, make_logger
 
-CHECKPOINT_FORMAT = "sttr_fast-train"
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; ``epochs_saved`` completed epochs are in ``work_dir/last.pt``."""
+
+    def __init__(self, work_dir: Path, epochs_saved: int, epochs: int):
+        super().__init__(f"interrupted with {epochs_saved} of {epochs} epochs in {work_dir}")
+        self.work_dir, self.epochs_saved, self.epochs = work_dir, epochs_saved, epochs
 
 
 def build_model(config: Config) -> STTR:
@@ -75,21 +83,6 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load_model_weights(model: STTR, checkpoint) -> None:
-    """Weights from a training checkpoint, an imported one (``sttr import-checkpoint``), a bare
-    state_dict, or a checkpoint of the authors' code (converted on the fly); strict."""
-    state = read_state_dict(checkpoint, "checkpoint")
-    if any(key.startswith(("backbone.", "gcn0.")) for key in state):
-        from ..checkpoint import convert_official_state_dict
-
-        state = convert_official_state_dict(state)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit the configured model: "
-                              f"{error}") from error
-
-
 def _autocast(config: Config, device: torch.device):
     if config.train.amp == "none":
         return contextlib.nullcontext()
@@ -128,20 +121,16 @@ def evaluate(model, dataset, config: Config, context: distributed.Context, progr
 class Trainer:
     """One training run in ``work_dir``; ``fit()`` runs the remaining epochs."""
 
-    def __init__(self, config: Config, work_dir, resume: bool = False, progress: bool = True):
+    def __init__(self, config: Config, work_dir, resume: bool = False, progress: bool = True,
+                 overwrite: bool = False):
         self.config, self.work_dir, self.progress = config, Path(work_dir), progress
         self.context = distributed.start(config.train.device)
         if config.train.amp != "none" and self.context.device.type != "cuda":
             raise ConfigError(f"train.amp={config.train.amp!r} needs a CUDA device; this run is on "
                               f"{self.context.device}")
-        if self.context.is_main:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        distributed.barrier(self.context)
-        self.log = make_logger(self.work_dir if self.context.is_main else None)
-        if not self.context.is_main:
-            self.log.disabled = True
         seed_everything(config.train.seed + self.context.rank)
-
+        # Data, model and optimizer first: a missing or bad file stops the run before the work
+        # dir is created or touched.
         self.train_set = build_dataset(config, "train", training=True)
         self.val_set = build_dataset(config, "val")
         self.model = build_model(config).to(self.context.device)
@@ -161,20 +150,44 @@ class Trainer:
                 f"the train split has {len(self.train_set)} samples, fewer than one step of "
                 f"data.batch_size x processes x optim.accumulate = "
                 f"{config.data.batch_size * self.context.world_size * config.optim.accumulate}")
-        self.epoch, self.best_top1, self.best_epoch, rows = 0, -math.inf, 0, []
-        if resume:
-            rows = self._resume()
-        self.records = EpochRecords(self.work_dir, rows) if self.context.is_main else None
-        if self.context.is_main:
-            save_config(config, self.work_dir / "config.yaml")
-        self.network = (DistributedDataParallel(self.model, device_ids=[self.context.device]
-                                                if self.context.device.type == "cuda" else None)
-                        if self.context.distributed else self.model)
+
+        self.lock, removed = None, []
+        created = not self.work_dir.exists()
+        try:
+            if self.context.is_main:
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                self.lock = work_dirs.WorkDirLock(self.work_dir)
+                work_dirs.check(self.work_dir, resume, overwrite, locked=True)  # now it is ours
+                if overwrite and not resume:
+                    removed = work_dirs.remove_run(self.work_dir)
+            distributed.barrier(self.context)
+            self.log = make_logger(self.work_dir if self.context.is_main else None)
+            if not self.context.is_main:
+                self.log.disabled = True
+            if removed:
+                self.log.info(f"--overwrite: removed the earlier run's {', '.join(removed)} "
+                              f"from {self.work_dir}")
+            self.epoch, self.best_top1, self.best_epoch, rows = 0, -math.inf, 0, []
+            if resume:
+                rows = self._resume()
+            self.saved_epoch = self.epoch
+            self.records = EpochRecords(self.work_dir, rows) if self.context.is_main else None
+            if self.context.is_main:
+                save_config(config, self.work_dir / "config.yaml")
+            self.network = (DistributedDataParallel(self.model, device_ids=[self.context.device]
+                                                    if self.context.device.type == "cuda" else None)
+                            if self.context.distributed else self.model)
+        except BaseException:
+            self._release()
+            if (self.context.is_main and created and self.work_dir.is_dir()
+                    and not any(self.work_dir.iterdir())):
+                self.work_dir.rmdir()
+            raise
 
     # --- checkpoints -------------------------------------------------------------------------
 
     def _checkpoint(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "epoch": self.epoch,
+        return {"format": TRAINING_FORMAT, "config": self.config.to_dict(), "epoch": self.epoch,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": rng_states(), "best_top1": self.best_top1, "best_epoch": self.best_epoch,
@@ -182,14 +195,12 @@ class Trainer:
 
     def _resume(self) -> list[dict]:
         path = self.work_dir / "last.pt"
-        if not path.is_file():
-            raise CheckpointError(f"--resume: {self.work_dir} holds no last.pt to resume from")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a foreign or damaged file; atomic saves never leave one
-            raise CheckpointError(f"--resume: {path} could not be read: {error}") from error
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        checkpoint = read_checkpoint(path, "--resume: checkpoint")
+        state = checkpoint.content
+        if state.get("format") != TRAINING_FORMAT:
             raise CheckpointError(f"--resume: {path} is not a sttr_fast training checkpoint")
+        check_fits(checkpoint, self.config, "this config",
+                   "; resume with the settings it was trained with, or pass --overwrite")
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -229,9 +240,12 @@ class Trainer:
             if context.is_main:
                 self.records.add(row)
                 checkpoint = self._checkpoint()
-                save_atomic(checkpoint, self.work_dir / "last.pt")
+                # best.pt before last.pt: stopped between the two, a resume repeats this epoch
+                # and writes best.pt again, so best.pt is never older than last.pt says
                 if improved:
                     save_atomic(checkpoint, self.work_dir / "best.pt")
+                save_atomic(checkpoint, self.work_dir / "last.pt")
+                self.saved_epoch = self.epoch
             distributed.barrier(context)
         if self.records:
             self.records.close()
@@ -295,18 +309,33 @@ class Trainer:
                 "train_top1": correct / seen * 100.0, "epoch_seconds": seconds,
                 "samples_per_second": seen / seconds}
 
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def close(self) -> None:
+        self._release()
         distributed.stop(self.context)
 
 
 def train(config_path=None, work_dir=None, overrides: list[str] = (), resume: bool = False,
-          progress: bool = True) -> dict:
+          progress: bool = True, overwrite: bool = False) -> dict:
+    """Train into ``work_dir``. A work dir holding a run needs ``resume`` or ``overwrite``; Ctrl-C
+    raises TrainingInterrupted with the last completed epoch's checkpoint intact."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the work dir and --overwrite replaces "
+                          "it; pass one of them")
     config = load_config(config_path, overrides)
     if work_dir is None:
         name = Path(config_path).stem if config_path else "default"
         work_dir = Path("work_dirs") / name
-    trainer = Trainer(config, work_dir, resume=resume, progress=progress)
+    work_dirs.check(Path(work_dir), resume, overwrite)  # before minutes of loading data
+    trainer = Trainer(config, work_dir, resume=resume, progress=progress, overwrite=overwrite)
     try:
         return trainer.fit()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(trainer.work_dir, trainer.saved_epoch,
+                                  config.train.epochs) from None
     finally:
         trainer.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.pickles import load_data_pickle
+from ..data.pickles import load_data_pickle, summary
 from .metrics import summarise
 
 # Stream weights of the usual ensembles: ST-TR adds its two streams' logits; the joint/bone
@@ -23,22 +23,80 @@ def write_scores(path: Path, names: list[str], logits: torch.Tensor) -> None:
     temporary.replace(path)
 
 
+def _is_label_pair(content) -> bool:
+    """(names, integer labels): what a label file holds."""
+    try:
+        labels = np.asarray(content[1])
+    except (TypeError, ValueError):
+        return False
+    return labels.ndim == 1 and len(labels) > 0 and np.issubdtype(labels.dtype, np.integer)
+
+
 def read_scores(path) -> dict[str, np.ndarray]:
-    scores = load_data_pickle(Path(path), "score file")
-    if isinstance(scores, (list, tuple)) and len(scores) == 2:  # some forks store (names, scores)
-        scores = dict(zip(scores[0], scores[1]))
-    if not isinstance(scores, dict) or not scores:
-        raise ValueError(f"{path} is not a score file: expected a non-empty dict of "
-                         "sample name -> scores")
-    return {str(name): np.asarray(value, dtype=np.float64) for name, value in scores.items()}
+    """A score file: the 2s-AGCN / ST-TR dict ``{sample name: class scores}`` or a pair
+    ``(names, scores (N, classes))``. Every sample must have a vector of the same length."""
+    path = Path(path)
+    content = load_data_pickle(path, "score file")
+    expected = ("expected a dict of sample name -> class scores (as sttr test writes) or a pair "
+                "(names, scores)")
+    if isinstance(content, (list, tuple)) and len(content) == 2 and not isinstance(content[0], str):
+        if _is_label_pair(content):
+            raise ValueError(f"{path} holds sample names and integer labels: a label file, not "
+                             "scores; pass it with --labels")
+        names, rows = content
+        try:
+            rows = np.asarray(rows, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: the scores of its (names, scores) pair are not numbers of "
+                             f"one shape ({error}); {expected}") from error
+        if rows.ndim != 2 or len(rows) != len(names):
+            raise ValueError(f"{path}: (names, scores) must pair {len(names)} names with a "
+                             f"({len(names)}, classes) array; the scores have shape {rows.shape}")
+        content = dict(zip(names, rows))
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} is not a score file: {expected}; it holds {summary(content)}")
+    if not content:
+        raise ValueError(f"{path} is an empty score file: {expected}")
+    scores, first = {}, None
+    for name, value in content.items():
+        try:
+            row = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: the scores of sample {name!r} are not numbers "
+                             f"({error})") from error
+        if row.ndim != 1 or row.size < 2:
+            raise ValueError(f"{path}: sample {name!r} has scores of shape {row.shape}; {expected} "
+                             "with one score per class")
+        if first is None:
+            first = (name, row.size)
+        elif row.size != first[1]:
+            raise ValueError(f"{path}: sample {name!r} has {row.size} class scores but "
+                             f"{first[0]!r} has {first[1]}")
+        if not np.isfinite(row).all():
+            raise ValueError(f"{path}: sample {name!r} has non-finite scores {row.tolist()}")
+        scores[str(name)] = row
+    return scores
 
 
 def read_labels(path) -> tuple[list[str], list[int]]:
-    content = load_data_pickle(Path(path), "label file")
+    path = Path(path)
+    content = load_data_pickle(path, "label file")
+    expected = "expected a pair (sample names, integer labels) of equal length"
+    if isinstance(content, dict):
+        raise ValueError(f"{path} is not a label file: {expected}; it holds {summary(content)} "
+                         "(a score file? pass it before --labels)")
     if not (isinstance(content, (list, tuple)) and len(content) == 2
+            and all(hasattr(part, "__len__") for part in content)
             and len(content[0]) == len(content[1])):
-        raise ValueError(f"{path} is not a label file: expected (sample names, labels)")
-    return [str(name) for name in content[0]], [int(label) for label in content[1]]
+        raise ValueError(f"{path} is not a label file: {expected}; it holds {summary(content)}")
+    if not _is_label_pair(content):
+        raise ValueError(f"{path} is not a label file: its second item holds "
+                         f"{np.asarray(content[1]).dtype} values of shape "
+                         f"{np.asarray(content[1]).shape}, not integer labels")
+    labels = [int(label) for label in content[1]]
+    if min(labels) < 0:
+        raise ValueError(f"{path}: labels must be 0-based class indices, found {min(labels)}")
+    return [str(name) for name in content[0]], labels
 
 
 def fuse(score_paths, label_path, weights=None, softmax: bool = False) -> dict:
@@ -52,12 +110,15 @@ def fuse(score_paths, label_path, weights=None, softmax: bool = False) -> dict:
         scores = read_scores(path)
         missing = [name for name in names if name not in scores]
         if missing:
-            raise ValueError(f"{path} has no scores for {len(missing)} labelled samples, "
-                             f"e.g. {missing[:3]}")
+            raise ValueError(f"{path} has no scores for {len(missing)} of the {len(names)} "
+                             f"samples in {label_path}, e.g. {missing[:3]}")
         stream = torch.from_numpy(np.stack([scores[name] for name in names]))
         if fused is not None and stream.shape != fused.shape:
-            raise ValueError(f"{path} has {stream.shape[1]} classes, the files before it "
+            raise ValueError(f"{path} has {stream.shape[1]} classes, {score_paths[0]} has "
                              f"{fused.shape[1]}")
+        if max(labels) >= stream.shape[1]:
+            raise ValueError(f"{label_path} has label {max(labels)} but {path} scores only "
+                             f"{stream.shape[1]} classes (0 to {stream.shape[1] - 1})")
         if softmax:
             stream = stream.softmax(dim=1)
         fused = weight * stream if fused is None else fused + weight * stream
