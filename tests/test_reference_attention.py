@@ -216,10 +216,22 @@ def module_cases():
         (model, torch.randn(2, 3, 16, 25, 3), "M=2 at axis 4, got 3"),
         (model, torch.randn(2, 3, 18, 25, 2), "divisible by 4"),
         (model, torch.randint(0, 3, (2, 3, 16, 25, 2)), "floating-point"),
+        (model, torch.randn(2, 3, 16, 25, 2, dtype=torch.float64),
+         "input is torch.float64 but the module's parameters are torch.float32"),
+        (ssa, torch.randn(2, 16, 4, 25, dtype=torch.float16), "input is torch.float16"),
+        (model, torch.randn(2, 3, 0, 25, 2), "empty axis (T=0; shape (2, 3, 0, 25, 2))"),
+        (model, torch.randn(0, 3, 16, 25, 2), "empty axis (N=0"),
+        (tsa, torch.randn(2, 32, 0, 25), "empty axis (T=0"),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+def test_half_activations_are_taken_under_autocast():
+    model = STTR(num_classes=5, base_channels=16).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(1, 3, 8, 25, 2)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("case", range(14))
 def test_modules_reject_bad_input(case):
     module, x, message = module_cases()[case]
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -236,8 +248,25 @@ def test_modules_reject_a_device_mix():
         ssa(torch.randn(1, 16, 8, 25))
 
 
-def test_head_split_that_does_not_divide_is_refused_at_construction():
-    with pytest.raises(ValueError, match="num_heads=8 must divide"):
-        SpatialSelfAttention(16, 40)
-    with pytest.raises(ValueError, match="stream must be one of"):
-        STTR(stream="both")
+@pytest.mark.parametrize("build, message", [
+    (lambda: SpatialSelfAttention(16, 40), "SpatialSelfAttention: out_channels=40 gives keys of 10 "
+     "and values of 40 channels, which num_heads=8 must both divide; choose out_channels a "
+     "multiple of 4*num_heads = 32"),
+    (lambda: TemporalSelfAttention(48, num_heads=8), "TemporalSelfAttention: channels=48"),
+    (lambda: SpatialSelfAttention(16, 32, num_heads=0), "num_heads must be an integer >= 1, got 0"),
+    (lambda: TemporalSelfAttention(32, stride=0), "stride must be an integer >= 1, got 0"),
+    (lambda: SpatialSelfAttention(16, 32, drop_attention=2), "drop_attention must be a number in "
+     "[0, 1], got 2"),
+    (lambda: STTR(stream="both"), "stream must be one of"),
+    # the units get 40 and 80 channels; the error names what the user wrote
+    (lambda: STTR(base_channels=20), "STTR: base_channels=20 does not split into num_heads=8 "
+     "heads"),
+    (lambda: STTR(base_channels=20), "choose a multiple of 2*num_heads = 16, e.g. 16 or 32"),
+    (lambda: STTR(base_channels=64.0), "STTR: base_channels must be an integer >= 1, got 64.0"),
+    (lambda: STTR(num_heads=True), "STTR: num_heads must be an integer >= 1, got True"),
+    (lambda: STTR(num_classes=0), "STTR: num_classes must be an integer >= 1, got 0"),
+    (lambda: STTR(dropout=1.0), "STTR: dropout must be a number in [0, 1), got 1.0"),
+])
+def test_constructor_arguments_are_refused_by_their_names(build, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build()

@@ -79,6 +79,13 @@ def test_every_preset_loads_and_builds_its_model():
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lrr'; did you mean optim\.lr"):
         load_config(DEMO, ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"unknown config section 'trian' \(in trian\.epochs\); "
+                                          r"did you mean train\.epochs\?"):
+        load_config(DEMO, ["trian.epochs=3"])
+    with pytest.raises(ConfigError, match=r"'data\.augmnt'.*did you mean data\.augment\.window\?"):
+        load_config(DEMO, ["data.augmnt.window=8"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'trian'; did you mean train\?"):
+        load_config(DEMO, ["trian=3"])
     with pytest.raises(ConfigError, match="optim.momentum must be float, got 'fast'"):
         load_config(DEMO, ["optim.momentum=fast"])
     with pytest.raises(ConfigError, match="model.stream must be one of spatial, temporal"):
@@ -90,7 +97,8 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=rf"{re.escape(str(bad))}: unknown config key 'model\.strem'"):
         load_config(bad)
     bad.write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="is not valid YAML"):
+    with pytest.raises(ConfigError, match="is not valid YAML: expected ',' or ']', but got "
+                                          "'<stream end>' at line 2, column 1"):
         load_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
@@ -214,8 +222,9 @@ def torchrun(*args):
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # a gentle learning rate: the two runs differ in the order of float sums, which a chaotic
     # high-lr run would amplify
+    # train.device=cpu: gloo on the CPU also on a GPU machine (which may hold one GPU, not two)
     base = ["train", "--config", str(DEMO), "--epochs", "1", "--no-progress", *TINY, *NO_RANDOMNESS,
-            "data.batch_size=4", "optim.lr=0.005"]
+            "data.batch_size=4", "optim.lr=0.005", "train.device=cpu"]
     one, two = tmp_path / "one", tmp_path / "two"
     result = run_cli("sttr_fast", *base, "--work-dir", str(one), "optim.accumulate=2")
     assert result.returncode == 0, result.stderr
@@ -232,7 +241,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     # distributed evaluation gathers every sample once, in order
     single_test, double_test = tmp_path / "test1", tmp_path / "test2"
     test_args = ["test", "--config", str(DEMO), "--checkpoint", str(one / "last.pt"), "--no-progress",
-                 *TINY, "data.synthetic_val=15"]
+                 *TINY, "data.synthetic_val=15", "train.device=cpu"]
     assert run_cli("sttr_fast", *test_args, "--work-dir", str(single_test)).returncode == 0
     result = torchrun(*test_args, "--work-dir", str(double_test))
     assert result.returncode == 0, result.stderr

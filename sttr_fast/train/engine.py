@@ -23,7 +23,6 @@ from .metrics import summarise
 from .records import EpochRecords, make_logger
 
 
-
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -158,7 +157,7 @@ class Trainer:
                 self.work_dir.mkdir(parents=True, exist_ok=True)
                 self.lock = work_dirs.WorkDirLock(self.work_dir)
                 work_dirs.check(self.work_dir, resume, overwrite, locked=True)  # now it is ours
-                if overwrite and not resume:
+                if overwrite:
                     removed = work_dirs.remove_run(self.work_dir)
             distributed.barrier(self.context)
             self.log = make_logger(self.work_dir if self.context.is_main else None)
