@@ -1,63 +1,179 @@
-"""What the GPU attention-core benchmarks share: the peers, timing, the lower bound, the summary.
+"""What the attention-core benchmarks share: the cases, the peers, and the speed-of-light bound.
 
-Peers: the reference backend (eager), ``torch.compile`` of it, and ``F.scaled_dot_product_attention``
-with the DropAttention key mask as a boolean ``attn_mask`` on every SDPA backend that takes one
-(SDPA computes a plain masked softmax: it stands in for speed only, and returns NaN for rows whose
-keys are all dropped). Every implementation starts from the qkv projection's output and ends with
-the head-concatenated (N', dv, T, V) output, so permute copies and mask sampling are included.
+Every implementation starts from the qkv projection's output in the layout the units pass it (the
+projection writes (N', C, V, T); the core gets its (N', C, T, V) transpose, a view) and ends with
+the head-concatenated (N', dv, T, V) output, so head permutes and DropAttention mask sampling are
+inside the timing. Peers, same shapes, same run:
 
-Times are medians of CUDA-event timings (``triton.testing.do_bench``, many repetitions) and go to
-``extra_info`` with a lower bound for each op: the fewest bytes the op must move (qkv read
-and output written once; backward: qkv and dO read, dqkv written) over the measured device-to-device
-copy bandwidth, and the exponentials the kernels compute (padded tiles included) over the measured
-exp rate; ``fraction_of_bound`` = bound / achieved. pytest-benchmark's own table times the same
-calls with a synchronising host clock. ``STTR_BENCH_SUMMARY=path`` also writes a plain-text table
-of the event-timed medians (bench/conftest.py's ``summary`` fixture, at the end of the session).
+- ``reference``: the eager backend, the ground truth; ``compiled``: ``torch.compile`` of it
+  (cold compiles take seconds to minutes, so only with ``STTR_BENCH_COMPILE=1``);
+- ``sdpa-*``: ``F.scaled_dot_product_attention`` on one SDPA backend with the DropAttention key mask
+  as a boolean ``attn_mask`` (a plain masked softmax: it stands in for speed only, and returns NaN
+  for rows whose keys are all dropped); a backend that refuses the mask, dtype or head size skips
+  the row with its own reason;
+- ``triton`` and ``cuda``: the fused backends.
+
+Cases: on CUDA, ST-TR's layer shapes as the cost model counts them (N' = 64: 32 clips x 2 persons;
+docs/cost-model.md §5), bf16 and fp32, four modes (forward and forward+backward, DropAttention on
+and off). ``STTR_BENCH_SET=full`` runs every layer and every SDPA backend; the default ``quick``
+set keeps the largest and the smallest spatial layer and both temporal ones, and the SDPA backends
+that take a mask. On the CPU, one small layer per core with the backends that run there.
+
+Beside each CUDA row: ``bound_ms``, the time the cost model's minimum bytes and exponentials
+(bench/results/cost-model-sm90.json, the launchers' first configs, which is what
+``STTR_PIN_CONFIGS=1`` runs) take at this device's measured copy bandwidth and exp rate, summed over
+the kernels one call launches; ``fraction_of_bound`` = bound / measured median; and
+``predicted_fraction``, what the cost model predicted for those kernels (sm_90 only).
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from measure import backend_unavailable, record, rotation
 from sttr_fast import ops
 
-HEADS, JOINTS, BATCH = 8, 25, 64  # N = 32 clips x M = 2 persons
-SDPA_BACKENDS = ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
-PEERS = ["triton", "reference", "compiled-reference"] + [f"sdpa-{b.lower()}" for b in SDPA_BACKENDS]
-# Mixed precision is how ST-TR trains fast, so bf16 meets every peer; fp32 compares our kernels
-# with the reference only.
-IMPLEMENTATIONS = {torch.bfloat16: PEERS, torch.float32: ["triton", "reference"]}
-MODES = {"eval forward": (0.0, False), "train forward": (0.5, False), "train forward+backward": (0.5, True)}
+HEADS, JOINTS = 8, 25
+COST_MODEL = Path(__file__).parent / "results" / "cost-model-sm90.json"
+BENCH_SET = os.environ.get("STTR_BENCH_SET", "quick")
+COMPILE = os.environ.get("STTR_BENCH_COMPILE") == "1"
+
+# mode: (DropAttention p, with backward)
+MODES = {"inference": (0.0, False), "forward with DropAttention": (0.5, False),
+         "training": (0.5, True), "training without DropAttention": (0.0, True)}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+SDPA_BACKENDS = {"cuda": ("efficient", "cudnn", "flash", "math"), "cpu": ("math", "flash")}
+QUICK_SDPA = ("efficient", "cudnn")
 OPS = {"spatial": ops.spatial_attention, "temporal": ops.temporal_attention}
 
-requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmarks need a CUDA GPU")
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer's core problem: N' sequences-batches of T frames, head dims before the streams'
+    doubling (joints+bones has twice the channels, so twice the per-head dims)."""
+    name: str      # the cost model's layer name for joints, e.g. "J300 4/16"
+    batch: int     # N'
+    frames: int    # T of the core's input (TSA: T' after the stride)
+    dkh: int
+    dvh: int
+    quick: bool    # part of the default GPU set
 
 
-def cases(layers: dict) -> list[tuple]:
-    """(layer, streams, dtype, mode, implementation) for every layer; streams 2 = joints+bones."""
-    return [(layer, streams, dtype, mode, implementation) for layer in layers for streams in (1, 2)
-            for dtype in IMPLEMENTATIONS for mode in MODES for implementation in IMPLEMENTATIONS[dtype]]
+CUDA_LAYERS = {
+    "spatial": [Layer("300 4/16", 64, 300, 4, 16, True), Layer("150 4/16", 64, 150, 4, 16, False),
+                Layer("150 8/32", 64, 150, 8, 32, False), Layer("75 8/32", 64, 75, 8, 32, True)],
+    "temporal": [Layer("150 4/16", 64, 150, 4, 16, True), Layer("75 8/32", 64, 75, 8, 32, True)],
+}
+CPU_LAYERS = {"spatial": [Layer("32 4/16", 4, 32, 4, 16, True)],
+              "temporal": [Layer("75 8/32", 4, 75, 8, 32, True)]}
 
 
-def case_id(case) -> str:
-    layer, streams, dtype, mode, implementation = case
-    return (f"{layer}-{'joints+bones' if streams == 2 else 'joints'}-{str(dtype)[6:]}-"
-            f"{mode.replace(' ', '-')}-{implementation}")
+@dataclass(frozen=True)
+class Case:
+    op: str
+    device: str
+    layer: Layer
+    streams: int   # 1 joints, 2 joints+bones
+    dtype: str
+    mode: str
+    implementation: str
+
+    @property
+    def stream(self) -> str:
+        return "joints+bones" if self.streams == 2 else "joints"
+
+    @property
+    def group(self) -> str:
+        layer = self.layer
+        return (f"{self.op} core, {self.stream}, T={layer.frames} {layer.dkh * self.streams}/"
+                f"{layer.dvh * self.streams} N'={layer.batch}, {self.dtype}, {self.mode} [{self.device}]")
+
+    @property
+    def id(self) -> str:
+        mode = self.mode.replace("forward with DropAttention", "fwd-drop").replace(
+            "training without DropAttention", "train-nodrop").replace("training", "train").replace(
+            "inference", "infer")
+        return (f"{self.device}-T{self.layer.frames}-{self.stream}-{self.dtype}-{mode}-"
+                f"{self.implementation}")
 
 
-def median_ms(fn) -> float:
-    import triton.testing
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+def implementations(device: str, dtype: str) -> list[str]:
+    """In the order rows should come back when a run is cut short: ours and the reference first."""
+    sdpa = SDPA_BACKENDS[device]
+    if device == "cuda" and BENCH_SET != "full":
+        sdpa = QUICK_SDPA if dtype == "bf16" else ()
+    return ["triton", "cuda", "reference", *(f"sdpa-{b}" for b in sdpa), "compiled"]
 
+
+def cases(op: str) -> list[Case]:
+    """CUDA rows first (bf16, then fp32), then the CPU subset."""
+    found = []
+    for device, layers in (("cuda", CUDA_LAYERS[op]), ("cpu", CPU_LAYERS[op])):
+        for dtype in DTYPES:
+            for layer in layers:
+                if device == "cuda" and BENCH_SET != "full" and not layer.quick:
+                    continue
+                for streams in (1, 2):
+                    for mode in MODES:
+                        found += [Case(op, device, layer, streams, dtype, mode, implementation)
+                                  for implementation in implementations(device, dtype)]
+    return found
+
+
+# Axis orders that turn (N', H, d, T, V) head views into (N', sequence, H, L, d), as in the reference.
+_ORDERS = {"spatial": (0, 3, 1, 4, 2), "temporal": (0, 4, 1, 3, 2)}
+
+
+def sdpa_core(op: str, qkv, dk: int, dv: int, p: float, backend: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    n, _, t, v = qkv.shape
+    order = _ORDERS[op]
+    sequences, length = (t, v) if op == "spatial" else (v, t)
+    mask = ops.sample_key_mask((n, sequences, HEADS, length), p, qkv.device) if p > 0 else None
+
+    def heads(x, width):  # (N', H*width, T, V) -> (N'*sequences, H, L, width): a permute copy
+        return x.reshape(n, HEADS, width, t, v).permute(order).reshape(n * sequences, HEADS, length, width)
+
+    q, k = heads(qkv[:, :dk], dk // HEADS), heads(qkv[:, dk:2 * dk], dk // HEADS)
+    value = heads(qkv[:, 2 * dk:], dv // HEADS)
+    attn_mask = None if mask is None else mask.view(n * sequences, HEADS, 1, length)
+    with sdpa_kernel([getattr(SDPBackend, {"efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                                           "flash": "FLASH_ATTENTION", "math": "MATH"}[backend])]):
+        out = F.scaled_dot_product_attention(q, k, value, attn_mask=attn_mask)
+    inverse = tuple(order.index(axis) for axis in range(5))
+    return out.view(n, sequences, HEADS, length, dv // HEADS).permute(inverse).reshape(n, dv, t, v)
+
+
+@functools.cache
+def _compiled(op: str):
+    return torch.compile(functools.partial(OPS[op], backend="reference"))
+
+
+def core(op: str, implementation: str):
+    """``f(qkv, dk, dv, p)`` computing ``op``'s core the way ``implementation`` does."""
+    if implementation in ("triton", "cuda", "reference"):
+        return lambda qkv, dk, dv, p: OPS[op](qkv, HEADS, dk, dv, p=p, backend=implementation)
+    if implementation == "compiled":
+        return lambda qkv, dk, dv, p: _compiled(op)(qkv, HEADS, dk, dv, p=p)
+    return lambda qkv, dk, dv, p: sdpa_core(op, qkv, dk, dv, p, implementation.removeprefix("sdpa-"))
+
+
+# --- the speed-of-light bound -------------------------------------------------------------------
 
 def measure_device_rates() -> dict:
-    """Measured device-to-device copy bandwidth (bytes read + written per second) and exp rate."""
+    """This GPU's device-to-device copy bandwidth (bytes read + written per second) and exp rate."""
     import triton
     import triton.language as tl
+    import triton.testing
 
     @triton.jit
     def exp_chain(x_ptr, out_ptr, ROUNDS: tl.constexpr, BLOCK: tl.constexpr):
@@ -66,6 +182,9 @@ def measure_device_rates() -> dict:
         for _ in tl.static_range(ROUNDS):
             x = tl.exp(x) * -0.5  # stays in (-0.5, 0): never overflows, never folds away
         tl.store(out_ptr + offsets, x)
+
+    def median_ms(fn):
+        return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
     source = torch.empty(2**28, dtype=torch.uint8, device="cuda")
     target = torch.empty_like(source)
@@ -78,113 +197,95 @@ def measure_device_rates() -> dict:
             "exp_per_s": rounds * values.numel() / (exp_ms * 1e-3)}
 
 
-def lower_bound_ms(rates: dict, tokens: int, dk: int, dv: int, element_size: int, backward: bool,
-                   exps: int, padded_exps: int) -> dict:
-    """Bytes moved and exps computed (per pass; the backward recomputes them once more)."""
-    qkv_bytes, out_bytes = tokens * (2 * dk + dv) * element_size, tokens * dv * element_size
-    moved = qkv_bytes + out_bytes
-    if backward:
-        moved += qkv_bytes + out_bytes + qkv_bytes
-    passes = 2 if backward else 1
-    return {"bytes": moved, "exps": passes * exps, "padded_exps": passes * padded_exps,
-            "bound_ms": 1e3 * max(moved / rates["bytes_per_s"], passes * padded_exps / rates["exp_per_s"])}
-
-
-# Axis orders that turn (N', H, d, T, V) head views into (N', sequence, H, L, d), as in the reference.
-_ORDERS = {"spatial": (0, 3, 1, 4, 2), "temporal": (0, 4, 1, 3, 2)}
-
-
-def sdpa_core(op, qkv, dk, dv, p, backend):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    n, _, t, v = qkv.shape
-    order = _ORDERS[op]
-    sequences, length = (t, v) if op == "spatial" else (v, t)
-    mask = ops.sample_key_mask((n, sequences, HEADS, length), p, qkv.device) if p > 0 else None
-
-    def heads(x, width):  # (N', H*width, T, V) -> (N'*sequences, H, L, width): a permute copy
-        return x.view(n, HEADS, width, t, v).permute(order).reshape(n * sequences, HEADS, length, width)
-
-    q, k = heads(qkv[:, :dk], dk // HEADS), heads(qkv[:, dk:2 * dk], dk // HEADS)
-    val = heads(qkv[:, 2 * dk:], dv // HEADS)
-    attn_mask = None if mask is None else mask.view(n * sequences, HEADS, 1, length)
-    with sdpa_kernel([getattr(SDPBackend, backend)]):
-        out = F.scaled_dot_product_attention(q, k, val, attn_mask=attn_mask)
-    inverse = tuple(order.index(axis) for axis in range(5))
-    return out.view(n, sequences, HEADS, length, dv // HEADS).permute(inverse).reshape(n, dv, t, v)
+# The kernels one call of a core launches: (kernel, with the mask kernel when DropAttention is on).
+_KERNELS = {("spatial", False): ["spatial_forward"],
+            ("spatial", True): ["spatial_forward", "spatial_backward"],
+            ("temporal", False): ["temporal_forward"],
+            ("temporal", True): ["temporal_forward", "temporal_backward_query", "temporal_backward_key"]}
 
 
 @functools.cache
-def _compiled_reference(op):
-    # Dynamic shapes: one compilation serves every layer instead of one per shape.
-    return torch.compile(functools.partial(OPS[op], backend="reference"), dynamic=True)
+def _cost_model_rows() -> dict:
+    report = json.loads(COST_MODEL.read_text())
+    return {(row["kernel"], row["layer"], row["dtype"], row["drop"]): row
+            for row in report["rows"] if row["choice"] == "first"}
 
 
-def core(op, implementation):
-    """``f(qkv, dk, dv, p)`` running ``op``'s core the way ``implementation`` does."""
-    if implementation in ("triton", "reference"):
-        return lambda qkv, dk, dv, p: OPS[op](qkv, HEADS, dk, dv, p=p, backend=implementation)
-    if implementation == "compiled-reference":
-        return lambda qkv, dk, dv, p: _compiled_reference(op)(qkv, HEADS, dk, dv, p=p)
-    backend = implementation.removeprefix("sdpa-").upper()
-    return lambda qkv, dk, dv, p: sdpa_core(op, qkv, dk, dv, p, backend)
+def cost_model_bound(case: Case, rates: dict) -> dict | None:
+    """The case's bound at the measured rates and the cost model's prediction, or None when the
+    cost model has no row for it (another batch or layer)."""
+    p, backward = MODES[case.mode]
+    prefix = "JB" if case.streams == 2 else "J"
+    layer = f"{prefix}{case.layer.name}"
+    kernels = [(k, case.dtype, p > 0) for k in _KERNELS[(case.op, backward)]]
+    if p > 0:
+        kernels.append((f"{case.op}_key_mask", "bool", True))
+    rows = _cost_model_rows()
+    try:
+        chosen = [rows[(kernel, layer, dtype, drop)] for kernel, dtype, drop in kernels]
+    except KeyError:
+        return None
+    if case.layer.batch != 64:
+        return None
+    bound = sum(1e3 * max(row["bytes"] / rates["bytes_per_s"], row["exps"] / rates["exp_per_s"])
+                for row in chosen)
+    predicted = sum(row["bound_us"] for row in chosen) / sum(row["predicted_us"] for row in chosen)
+    return {"bound_ms": bound, "bytes": sum(row["bytes"] for row in chosen),
+            "exps": sum(row["exps"] for row in chosen), "predicted_fraction": predicted}
 
 
-class Summary:
-    """Rows of the plain-text table written to ``STTR_BENCH_SUMMARY`` when the module finishes."""
+# --- one row ------------------------------------------------------------------------------------
 
-    def __init__(self):
-        self.rows: list[str] = []
-
-    def add(self, group: str, implementation: str, median: float, bound: float | None = None):
-        bound_text = f"{bound:>10.4f}{bound / median:>9.2f}" if bound is not None else f"{'-':>10}{'-':>9}"
-        self.rows.append(f"{group:<48}{implementation:<24}{median:>10.4f}{bound_text}")
-
-    def write(self):
-        path = os.environ.get("STTR_BENCH_SUMMARY")
-        if path and self.rows:
-            header = f"{'case':<48}{'implementation':<24}{'median ms':>10}{'bound ms':>10}{'of bound':>9}"
-            with open(path, "w") as f:
-                f.write("\n".join([header] + self.rows) + "\n")
-
-
-def time_core(benchmark, rates, summary, op, case, layer_shape, exp_counts):
-    """Time one case: ``layer_shape`` = (T, dk per head, dv per head) before the streams'
-    doubling; ``exp_counts(t)`` = (exps, padded exps) of one forward pass over the batch."""
-    layer, streams, dtype, mode, implementation = case
-    p, backward = MODES[mode]
-    t, dkh, dvh = layer_shape
-    dkh, dvh = dkh * streams, dvh * streams
+def run_case(benchmark, case: Case, rates_of) -> None:
+    """Time one case; ``rates_of()`` gives the device rates (measured once per session, CUDA only)."""
+    reason = backend_unavailable(case.implementation, case.device, COMPILE)
+    if reason:
+        pytest.skip(reason)
+    device = torch.device(case.device)
+    p, backward = MODES[case.mode]
+    dkh, dvh = case.layer.dkh * case.streams, case.layer.dvh * case.streams
     dk, dv = HEADS * dkh, HEADS * dvh
-    generator = torch.Generator("cuda").manual_seed(0)
-    qkv = torch.randn(BATCH, 2 * dk + dv, t, JOINTS, device="cuda", dtype=dtype, generator=generator)
-    run = core(op, implementation)
-    if backward:
-        qkv.requires_grad_(True)
-        grad_out = torch.randn(BATCH, dv, t, JOINTS, device="cuda", dtype=dtype, generator=generator)
+    n, t = case.layer.batch, case.layer.frames
+    dtype = DTYPES[case.dtype]
+    generator = torch.Generator(device).manual_seed(0)
 
-        def step():
-            torch.autograd.grad(run(qkv, dk, dv, p), qkv, grad_out)
-    else:
-        def step():
+    def make_inputs(_):
+        # The projection's (N', C, V, T) output, transposed as the units pass it.
+        qkv = torch.randn(n, 2 * dk + dv, JOINTS, t, device=device, dtype=dtype,
+                          generator=generator).transpose(2, 3)
+        grad = torch.randn(n, dv, t, JOINTS, device=device, dtype=dtype, generator=generator)
+        return qkv.requires_grad_(backward), grad
+
+    run = core(case.op, case.implementation)
+
+    def step(inputs):
+        qkv, grad = inputs
+        if backward:
+            torch.autograd.grad(run(qkv, dk, dv, p), qkv, grad)
+        else:
             with torch.no_grad():
                 run(qkv, dk, dv, p)
-    try:
-        step()
-    except RuntimeError as error:  # an SDPA backend that refuses this mask, dtype or head size
-        if implementation.startswith("sdpa-"):
-            pytest.skip(f"{implementation} does not run this case: {str(error).splitlines()[0]}")
-        raise
-    median = median_ms(step)
-    bound = lower_bound_ms(rates, BATCH * t * JOINTS, dk, dv, qkv.element_size(), backward, *exp_counts(t))
-    group = f"{op} {layer} {'joints+bones' if streams == 2 else 'joints'} {str(dtype)[6:]} {mode}"
-    benchmark.group = group
-    benchmark.extra_info.update(median_ms=median, fraction_of_bound=bound["bound_ms"] / median,
-                                device=torch.cuda.get_device_name(), torch=torch.__version__,
-                                **bound, **rates)
-    summary.add(group, implementation, median, bound["bound_ms"])
 
-    def synchronised():
-        step()
-        torch.cuda.synchronize()
-    benchmark.pedantic(synchronised, rounds=10, warmup_rounds=1)
+    input_bytes = n * t * JOINTS * (2 * dk + 2 * dv) * torch.finfo(dtype).bits // 8
+    inputs = rotation(make_inputs, input_bytes, device)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step(inputs[0])
+    except RuntimeError as error:  # an SDPA backend that refuses this mask, dtype or head size
+        if case.implementation.startswith("sdpa-"):
+            # SDPA says why in a warning; the error only says that no kernel was left
+            reasons = [str(w.message).split(" (Triggered")[0] for w in caught]
+            why = "; ".join(r for r in reasons if not r.endswith(":")) or str(error).splitlines()[0]
+            pytest.skip(f"{case.implementation} does not run this case: {why}")
+        raise
+    extra = dict(op=case.op, stream=case.stream, dtype=case.dtype, mode=case.mode,
+                 layer=case.layer.name, batch=n)
+    if device.type == "cuda":
+        rates = rates_of()
+        bound = cost_model_bound(case, rates)
+        if bound is not None:
+            extra.update(bound, **rates)
+            if torch.cuda.get_device_capability() != (9, 0):
+                extra.pop("predicted_fraction")
+    record(benchmark, step, inputs, device, case.group, case.implementation, "core", **extra)

@@ -1,16 +1,19 @@
-"""Fixtures of the GPU attention-core benchmarks (bench/attention_peers.py)."""
+"""Fixtures and hooks every benchmark in bench/ shares (bench/measure.py says how rows are measured)."""
+import functools
+
 import pytest
 
-from attention_peers import Summary, measure_device_rates
+from measure import environment
 
 
 @pytest.fixture(scope="session")
 def device_rates():
-    return measure_device_rates()
+    """This GPU's measured copy bandwidth and exp rate, measured on first use."""
+    from attention_peers import measure_device_rates
+
+    return functools.cache(measure_device_rates)
 
 
-@pytest.fixture(scope="session")
-def summary():
-    table = Summary()
-    yield table
-    table.write()
+def pytest_benchmark_update_machine_info(config, machine_info):
+    # bench/report.py reads these: a time means something only beside its device and versions.
+    machine_info["sttr_environment"] = environment()

@@ -1,59 +1,130 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (offline; torch, triton, pytest and pytest-benchmark installed):
-# install this checkout, run the whole test suite on CUDA, run the GPU benchmarks, and leave
-# everything under $OUT (default bench/results/<date>-<gpu>) for committing to bench/results/.
+# One call on a lent GPU machine (offline; its image has torch, triton, pytest, pytest-benchmark and
+# compute-sanitizer): check the fused backends and time them, within six minutes, and always come
+# back with what was measured. Everything goes under $OUT (default /tmp/sttr-gpu-check); the last
+# lines printed are the summary.
 #
-#   bash bench/gpu_check.sh [all|tests|bench]     # default: all
+#   bash bench/gpu_check.sh [core|models|autotune] [--plan]
 #
-# Steps are time-limited so that one call fits a 10-minute device lease: tests get
-# STTR_TEST_TIMEOUT seconds (default 330), benchmarks STTR_BENCH_TIMEOUT (default 230); a step cut
-# short still leaves its log. The last lines printed are the summary.
+#   core      (default) install, environment, smoke check, compute-sanitizer, GPU tests, core benchmarks
+#   models    install, environment, the unit and whole-network benchmarks (training step, inference)
+#   autotune  install, environment, the smoke check at real shapes with autotuning on: which configs win
+#   --plan    print the steps and their time limits, run nothing
+#
+# Every step runs under `timeout -s INT`: pytest, interrupted, still prints its failures and
+# pytest-benchmark still writes its JSON. Configs are pinned (STTR_PIN_CONFIGS=1) except in
+# autotune, so timings are reproducible and no step waits on autotuning.
+# Keep the results: python bench/report.py $OUT/bench.json --save bench/results
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
-step=${1:-all}
+mode=core
+plan_only=0
+for arg in "$@"; do
+  case "$arg" in
+    core|models|autotune) mode=$arg ;;
+    --plan) plan_only=1 ;;
+    *) echo "gpu_check.sh: error: unknown argument '$arg' (expected core, models, autotune or --plan)" >&2; exit 2 ;;
+  esac
+done
 python=${PYTHON:-python3}
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr ' ' '-')
-out=${OUT:-bench/results/$(date -u +%Y%m%d)-${gpu:-no-gpu}}
+out=${OUT:-/tmp/sttr-gpu-check}
+grace=1  # seconds between SIGINT and SIGKILL for a step that ignores the interrupt
+
+# name:limit in seconds, in order
+case "$mode" in
+  core) steps=(install:50 environment:10 smoke:55 memcheck:40 tests:75 bench:105 report:15) ;;
+  models) steps=(install:50 environment:10 models:270 report:15) ;;
+  autotune) steps=(install:50 environment:10 autotune:280) ;;
+esac
+
+total=0
+for step in "${steps[@]}"; do total=$((total + ${step#*:} + grace)); done
+if [ "$plan_only" = 1 ]; then
+  echo "bench/gpu_check.sh $mode: ${#steps[@]} steps, at most $total s (each limit + ${grace} s to stop)"
+  for step in "${steps[@]}"; do printf '  %-12s %4d s\n' "${step%%:*}" "${step#*:}"; done
+  exit 0
+fi
 mkdir -p "$out"
 
-{
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+run_install() {
+  # The CUDA extension, if setup.py builds it, only for this GPU's architecture.
+  local arch
+  arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1)
+  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+    "$python" -m pip install -e . --no-deps --no-build-isolation --no-index
+}
+
+run_environment() {
+  date -u +"date: %Y-%m-%dT%H:%M:%SZ"
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
-  "$python" - <<'EOF'
-import platform, torch, triton
-print("python", platform.python_version())
-print("torch", torch.__version__, "cuda", torch.version.cuda)
-print("triton", triton.__version__)
-if torch.cuda.is_available():
-    props = torch.cuda.get_device_properties(0)
-    print("device", props.name, "sm", f"{props.major}{props.minor}", "multiprocessors", props.multi_processor_count)
-EOF
-} > "$out/environment.txt" 2>&1
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,compute_cap --format=csv
+  "$python" -c 'import json, sys; sys.path.insert(0, "bench"); from measure import environment; print(json.dumps(environment(), indent=1))'
+  "$python" -c 'from sttr_fast import ops; print("attention backends:", ops.available_backends())'
+}
 
-"$python" -m pip install -e . --no-deps --no-build-isolation > "$out/pip_install.log" 2>&1 \
-  || { echo "pip install failed; see $out/pip_install.log"; tail -n 20 "$out/pip_install.log"; exit 1; }
+run_smoke() { STTR_PIN_CONFIGS=1 "$python" bench/gpu_smoke.py --configs "$out/configs.json"; }
 
-tests_rc=skipped
-if [ "$step" = all ] || [ "$step" = tests ]; then
-  timeout "${STTR_TEST_TIMEOUT:-330}" "$python" -m pytest -q -rs --durations=15 > "$out/tests.txt" 2>&1
-  tests_rc=$?
-fi
+run_memcheck() {
+  # Without PyTorch's caching allocator every tensor is its own allocation, so memcheck sees a
+  # kernel step outside its tensor instead of into a neighbour in the same cached block.
+  local sanitizer
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 STTR_PIN_CONFIGS=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
+    "$python" bench/gpu_smoke.py --small
+}
 
-bench_rc=skipped
-if [ "$step" = all ] || [ "$step" = bench ]; then
-  STTR_BENCH_SUMMARY="$out/bench_attention_summary.txt" \
-    timeout "${STTR_BENCH_TIMEOUT:-230}" "$python" -m pytest bench/bench_spatial_attention.py \
-    bench/bench_temporal_attention.py -q --benchmark-json "$out/bench_attention.json" \
-    --benchmark-group-by=group > "$out/bench_attention.txt" 2>&1
-  bench_rc=$?
-fi
+run_tests() {
+  local files=(tests/test_spatial_attention_triton.py tests/test_temporal_attention_triton.py)
+  files+=($(ls tests/test_*cuda*.py 2>/dev/null))
+  STTR_PIN_CONFIGS=1 "$python" -m pytest "${files[@]}" -m "not slow" -q -rfEs -p no:cacheprovider \
+    --junitxml="$out/tests.xml"
+}
 
-echo "== results in $out (tests exit $tests_rc, benchmarks exit $bench_rc; 124 = timed out)"
-cat "$out/environment.txt"
-[ -f "$out/tests.txt" ] && tail -n 25 "$out/tests.txt"
-[ -f "$out/bench_attention_summary.txt" ] && cat "$out/bench_attention_summary.txt"
-[ "$tests_rc" = 0 ] || [ "$tests_rc" = skipped ] || exit 1
-[ "$bench_rc" = 0 ] || [ "$bench_rc" = skipped ] || exit 1
-exit 0
+run_bench() {
+  STTR_PIN_CONFIGS=1 "$python" -m pytest bench/bench_spatial_attention.py bench/bench_temporal_attention.py \
+    -k "cuda-" -s -q -rs -p no:cacheprovider --benchmark-json "$out/bench.json" --benchmark-disable-gc
+}
+
+run_models() {
+  STTR_PIN_CONFIGS=1 "$python" -m pytest bench/bench_units.py bench/bench_model.py -k "cuda-" -s -q -rs \
+    -p no:cacheprovider --benchmark-json "$out/bench.json"
+}
+
+run_autotune() { "$python" bench/gpu_smoke.py --configs "$out/configs.json"; }
+
+run_report() {
+  "$python" bench/report.py "$out/bench.json" --out "$out/report" && "$python" bench/report.py --brief "$out/bench.json"
+}
+
+declare -A status
+for step in "${steps[@]}"; do
+  name=${step%%:*}
+  limit=${step#*:}
+  echo "== $name (limit $limit s)"
+  start=$SECONDS
+  timeout -s INT -k "$grace" "$limit" bash -c "$(declare -f "run_$name"); $(declare -p python out); run_$name" \
+    > >(tee "$out/$name.log") 2>&1
+  rc=$?
+  case $rc in
+    0) status[$name]="ok" ;;
+    124|137) status[$name]="cut at $limit s" ;;
+    *) status[$name]="exit $rc" ;;
+  esac
+  echo "== $name: ${status[$name]} after $((SECONDS - start)) s"
+  # Nothing later can run without the package installed.
+  if [ "$name" = install ] && [ "$rc" != 0 ]; then tail -n 20 "$out/install.log"; break; fi
+done
+
+echo
+echo "== summary ($mode; files under $out)"
+for step in "${steps[@]}"; do
+  name=${step%%:*}
+  printf '  %-12s %s\n' "$name" "${status[$name]:-not run}"
+done
+[ -f "$out/smoke.log" ] && grep -E '^gpu_smoke:' "$out/smoke.log" | tail -n 1
+[ -f "$out/tests.log" ] && tail -n 1 "$out/tests.log"
+[ -f "$out/report.log" ] && grep -v '^wrote ' "$out/report.log"
+failed=0
+for step in "${steps[@]}"; do [ "${status[${step%%:*}]:-}" = ok ] || failed=1; done
+exit $failed
