@@ -78,6 +78,10 @@ def w(tmp_path_factory):
         if content is not None:
             (bad / name).write_bytes(pickle.dumps(content))
     torch.save({"conv.weight": torch.randn(2, 2)}, bad / "other_model.pt")
+    # best.pt's weights as sttr import-checkpoint stores them: STTR's arguments, no data settings
+    torch.save({"format": "sttr_fast", "model": torch.load(run / "best.pt", weights_only=True)["model"],
+                "config": dict(num_classes=4, stream="spatial", in_channels=3, base_channels=8,
+                               num_point=25, num_person=2)}, root / "imported.pt")
     (bad / "text.pt").write_text("epoch,top1\n1,50.0\n")
     (bad / "empty.pt").write_bytes(b"")
     (bad / "truncated.pt").write_bytes((run / "best.pt").read_bytes()[:5000])
@@ -199,6 +203,16 @@ CASES = {
          lambda w: "leave out --config",
          lambda w: "model.stream: checkpoint 'spatial', config 'temporal'",
          lambda w: "model.num_classes: checkpoint 4, config 5"], details=2),
+    "test an imported checkpoint without --config": Case(
+        lambda w: ["test", "--checkpoint", str(w.root / "imported.pt")],
+        [lambda w: f"{w.root / 'imported.pt'} is an imported checkpoint, which stores the model's "
+                   "shape but not its data; pass --config"]),
+    "test an imported checkpoint on another modality": Case(
+        lambda w: ["test", "--config", DEMO, "--checkpoint", str(w.root / "imported.pt"), *TINY,
+                   "data.modality=joint_bone"],
+        [lambda w: f"{w.root / 'imported.pt'} was not trained with --config {DEMO}: 1 setting differs",
+         lambda w: "data.modality: checkpoint has 3 input channels, config 'joint_bone' gives 6"],
+        details=1),
     "test a state_dict without config": Case(
         lambda w: ["test", "--checkpoint", str(w.bad / "other_model.pt")],
         [lambda w: f"{w.bad / 'other_model.pt'} is a checkpoint without a stored config",
@@ -334,6 +348,15 @@ def test_a_bad_input_is_one_named_error_and_changes_nothing(w, case, capsys):
 def test_test_without_config_uses_the_checkpoints_own(w):
     scores = pickle.loads(w.scores.read_bytes())
     assert len(scores) == 16 and all(row.shape == (4,) for row in scores.values())
+
+
+def test_an_imported_checkpoint_with_a_fitting_config_scores_as_the_original(w, tmp_path):
+    assert main(["test", "--config", DEMO, "--checkpoint", str(w.root / "imported.pt"),
+                 "--work-dir", str(tmp_path), "--no-progress", *TINY]) == 0
+    ours, original = (pickle.loads(path.read_bytes()) for path in (tmp_path / "scores.pkl", w.scores))
+    assert list(ours) == list(original)
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], original[name])
 
 
 def test_overwrite_says_what_it_removes_and_keeps_other_files(w, tmp_path, capsys):
