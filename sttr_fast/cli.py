@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line(message: str) -> str:
+def _one_line(message: str) -> str:
     """``message`` with its line breaks folded, so that an error is one line on the console."""
     return re.sub(r"\s*\n\s*", " ", str(message)).strip()
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as error:
         if _debugging(args, argv):
             raise
-        print(f"{error.prog}: error: {one_line(error)} (see {error.prog} --help)", file=sys.stderr)
+        print(f"{error.prog}: error: {_one_line(error)} (see {error.prog} --help)", file=sys.stderr)
         return EXIT_USER_ERROR
     prog = f"sttr {args.command}"
     try:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input (arguments, configs, files) is reported as one clear line, not a traceback.
         if _debugging(args, argv):
             raise
-        print(f"{prog}: error: {one_line(_describe(error))}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(_describe(error))}", file=sys.stderr)
         # the one exception to one line: a checkpoint/config mismatch, one line per differing key
         for detail in getattr(error, "details", ()):
             print(f"  {detail}", file=sys.stderr)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug: say so in one line; --debug shows where
         if _debugging(args, argv):
             raise
-        print(f"{prog}: internal error: {type(error).__name__}: {one_line(error)} (run again with "
+        print(f"{prog}: internal error: {type(error).__name__}: {_one_line(error)} (run again with "
               "--debug for the traceback)", file=sys.stderr)
         return 1
 

@@ -259,7 +259,7 @@ def test_softmax_fusion_of_three_weighted_streams(score_files):
 
 def test_ensemble_command_softmax_and_raw(score_files, tmp_path, capsys):
     paths, label_file, probabilities = score_files
-    out = tmp_path / "fused.pkl"
+    out = tmp_path / "fusion" / "fused.pkl"  # --out makes its folder
     assert main(["ensemble", *paths, "--labels", str(label_file), "--weights", "1", "1", "0.5",
                  "--softmax", "--out", str(out)]) == 0
     printed = capsys.readouterr().out

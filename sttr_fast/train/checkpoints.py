@@ -84,7 +84,7 @@ def check_fits(checkpoint: StoredCheckpoint, config: Config, config_source: str,
     """Refuse, with one line per differing key, a checkpoint built with other model settings."""
     lines = differences(checkpoint.settings, config)
     if lines:
-        count = f"{len(lines)} setting{'s' if len(lines) > 1 else ''} differ{'' if len(lines) > 1 else 's'}"
+        count = f"{len(lines)} settings differ" if len(lines) > 1 else "1 setting differs"
         raise CheckpointMismatch(f"{checkpoint.path} was not trained with {config_source}: "
                                  f"{count}{hint}", lines)
 

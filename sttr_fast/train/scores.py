@@ -17,6 +17,7 @@ PRESET_WEIGHTS = {"st-tr": (1.0, 1.0), "2s": (1.0, 1.0), "4s": (0.6, 0.6, 0.4, 0
 
 def write_scores(path: Path, names: list[str], logits: torch.Tensor) -> None:
     scores = {name: row for name, row in zip(names, logits.float().numpy())}
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "wb") as file:
         pickle.dump(scores, file)
