@@ -26,6 +26,7 @@ from sttr_fast.train import engine
 from sttr_fast.train.config import load_config
 from sttr_fast.train.data import build_dataset
 from sttr_fast.train.work_dir import LOCK_FILE
+from test_checkpoint import KEY_LISTS, official_state_dict
 
 ROOT = Path(__file__).parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -83,6 +84,11 @@ def w(tmp_path_factory):
     torch.save({"format": "sttr_fast", "model": torch.load(run / "best.pt", weights_only=True)["model"],
                 "config": dict(num_classes=4, stream="spatial", in_channels=3, base_channels=8,
                                num_point=25, num_person=2)}, root / "imported.pt")
+    # the authors' T-TR on joints+bones, and a copy with one key misspelt
+    official = official_state_dict(next(p for p in KEY_LISTS if p.stem == "temporal_bone"))
+    torch.save(official, bad / "authors.pt")
+    official["fcn.wieght"] = official.pop("fcn.weight")
+    torch.save(official, bad / "authors_misspelt.pt")
     (bad / "text.pt").write_text("epoch,top1\n1,50.0\n")
     (bad / "empty.pt").write_bytes(b"")
     (bad / "truncated.pt").write_bytes((run / "best.pt").read_bytes()[:5000])
@@ -214,6 +220,18 @@ CASES = {
         [lambda w: f"{w.root / 'imported.pt'} was not trained with --config {DEMO}: 1 setting differs",
          lambda w: "data.modality: checkpoint has 3 input channels, config 'joint_bone' gives 6"],
         details=1),
+    "test the authors' checkpoint of another model": Case(
+        lambda w: ["test", "--config", DEMO, "--checkpoint", str(w.bad / "authors.pt"), *TINY],
+        [lambda w: f"{w.bad / 'authors.pt'} was not trained with --config {DEMO}: 4 settings differ",
+         lambda w: "model.stream: checkpoint 'temporal', config 'spatial'",
+         lambda w: "model.num_classes: checkpoint 60, config 4",
+         lambda w: "model.base_channels: checkpoint 128, config 8",
+         lambda w: "data.modality: checkpoint has 6 input channels, config 'joint' gives 3"],
+        details=4),
+    "test the authors' checkpoint with a misspelt key": Case(
+        lambda w: ["test", "--config", DEMO, "--checkpoint", str(w.bad / "authors_misspelt.pt")],
+        [lambda w: f"checkpoint {w.bad / 'authors_misspelt.pt'}: not an ST-TR state_dict in the "
+                   "authors' layout: missing ['fcn.weight']"]),
     "test a state_dict without config": Case(
         lambda w: ["test", "--checkpoint", str(w.bad / "other_model.pt")],
         [lambda w: f"{w.bad / 'other_model.pt'} is a checkpoint without a stored config",

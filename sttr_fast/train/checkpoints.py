@@ -12,6 +12,7 @@ from ..checkpoint import (CheckpointError, CheckpointMismatch, convert_official_
                           load_torch_file, official_model_config, read_state_dict)
 from ..data.modalities import CHANNELS
 from .config import Config
+from .data import NUM_JOINTS
 
 TRAINING_FORMAT = "sttr_fast-train"   # written by sttr train
 IMPORTED_FORMAT = "sttr_fast"         # written by sttr import-checkpoint: STTR's arguments as config
@@ -19,7 +20,6 @@ IMPORTED_FORMAT = "sttr_fast"         # written by sttr import-checkpoint: STTR'
 # weights differently; the modality is what the input channels hold).
 MODEL_SETTINGS = ("model.stream", "model.num_classes", "model.base_channels", "model.num_heads",
                   "data.modality", "data.num_person")
-NUM_JOINTS = 25  # build_model always builds the NTU skeleton
 
 
 @dataclass
@@ -46,16 +46,21 @@ def read_checkpoint(path, what: str = "checkpoint") -> StoredCheckpoint:
     content = load_torch_file(path, what)
     state = read_state_dict(content, f"{what} {path}")
     config, settings = None, {}
-    stored = content.get("config") if isinstance(content, dict) else None
+    stored = content.get("config")  # read_state_dict refused anything but a dict
     if content.get("format") == TRAINING_FORMAT and isinstance(stored, dict):
         config = stored
-        settings = {key: stored[key.split(".")[0]][key.split(".")[1]] for key in MODEL_SETTINGS
-                    if key.split(".")[1] in stored.get(key.split(".")[0], {})}
+        for key in MODEL_SETTINGS:
+            section, name = key.split(".")
+            if name in stored.get(section, {}):
+                settings[key] = stored[section][name]
     elif content.get("format") == IMPORTED_FORMAT and isinstance(stored, dict):
         settings = _from_model_arguments(stored)
     elif any(key.startswith(("backbone.", "gcn0.")) for key in state):
-        settings = _from_model_arguments(official_model_config(state))
-        state = convert_official_state_dict(state)
+        try:
+            settings = _from_model_arguments(official_model_config(state))
+            state = convert_official_state_dict(state)
+        except CheckpointError as error:
+            raise CheckpointError(f"{what} {path}: {error}") from error
     return StoredCheckpoint(path, content, state, config, settings)
 
 

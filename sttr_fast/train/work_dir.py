@@ -76,14 +76,18 @@ def _live_holder(work_dir: Path) -> str | None:
     return f"pid {pid}" if _alive(pid) else None
 
 
+def _in_use(work_dir: Path, holder: str) -> WorkDirError:
+    return WorkDirError(f"{work_dir} is in use by another sttr train ({holder}); wait for it to "
+                        "finish or stop it, or pass another --work-dir")
+
+
 def check(work_dir: Path, resume: bool, overwrite: bool, locked: bool = False) -> None:
     """Refuse a work dir in use (unless this process ``locked`` it), one holding a run without
     ``--resume``/``--overwrite``, and ``--resume`` without a checkpoint to resume from. Reads only."""
     work_dir = Path(work_dir)
     holder = None if locked else _live_holder(work_dir)
     if holder:
-        raise WorkDirError(f"{work_dir} is in use by another sttr train ({holder}); wait for it "
-                           "to finish or stop it, or pass another --work-dir")
+        raise _in_use(work_dir, holder)
     if resume:
         if not (work_dir / "last.pt").is_file():
             raise WorkDirError(f"--resume: {work_dir} holds no last.pt to resume from")
@@ -121,9 +125,7 @@ class WorkDirLock:
             except FileExistsError:
                 holder = _live_holder(self.path.parent)
                 if holder:
-                    raise WorkDirError(f"{self.path.parent} is in use by another sttr train "
-                                       f"({holder}); wait for it to finish or stop it, or pass "
-                                       "another --work-dir") from None
+                    raise _in_use(self.path.parent, holder) from None
                 stale = _holder(self.path)
                 owner = f"pid {stale[0]}" if stale else "an unreadable owner"
                 print(f"sttr train: taking over the stale lock {self.path} ({owner} is no longer "
