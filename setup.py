@@ -1,8 +1,37 @@
+import os
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
+# Flags of the cuda backend's GPU build; sttr_fast/ops/cuda_backend.py builds the same sources
+# with the same flags at run time when this install did not.
+CUDA_FLAGS = ["-O3", "-DSTTR_NS=sttr_fast_cuda", "-DSTTR_DEVICE_BUILD"]
+
+
+def cuda_extension() -> tuple[list, dict]:
+    """The cuda backend's kernels (csrc/) as the extension sttr_fast._cuda_kernels, built with
+    ninja when torch is a CUDA build and nvcc is found, or FORCE_CUDA=1 insists; for sm_80 and
+    sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise. Otherwise nothing is compiled: in an
+    isolated build environment torch is absent (and is never installed there), and a CPU-only
+    install stays pure Python."""
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        return [], {}
+    forced = os.environ.get("FORCE_CUDA") == "1"
+    if forced and torch.version.cuda is None:
+        raise RuntimeError(f"FORCE_CUDA=1 needs a CUDA build of torch, found {torch.__version__}")
+    if not forced and (torch.version.cuda is None or CUDA_HOME is None):
+        return [], {}
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    extension = CUDAExtension("sttr_fast._cuda_kernels", ["csrc/binding.cpp", "csrc/cuda_launch.cu"],
+                              extra_compile_args={"cxx": CUDA_FLAGS, "nvcc": CUDA_FLAGS + ["-std=c++17"]})
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+EXTENSIONS, COMMANDS = cuda_extension()
 
 setup(
     name="sttr_fast",
@@ -11,11 +40,16 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    # kernels/ sits at the top of the repository but is imported as sttr_fast.kernels.
-    packages=find_packages(include=["sttr_fast", "sttr_fast.*"]) + ["sttr_fast.kernels"],
-    package_dir={"sttr_fast.kernels": "kernels"},
-    # The official lists of NTU RGB+D samples with missing skeletons, read by `sttr prepare`.
-    package_data={"sttr_fast.data": ["resources/*.txt", "resources/*.md"]},
+    # kernels/ and csrc/ sit at the top of the repository but are imported as sttr_fast.kernels
+    # and sttr_fast.csrc.
+    packages=find_packages(include=["sttr_fast", "sttr_fast.*"]) + ["sttr_fast.kernels", "sttr_fast.csrc"],
+    package_dir={"sttr_fast.kernels": "kernels", "sttr_fast.csrc": "csrc"},
+    # The official lists of NTU RGB+D samples with missing skeletons, read by `sttr prepare`; the
+    # kernel sources, which the cuda backend compiles at run time where the install did not.
+    package_data={"sttr_fast.data": ["resources/*.txt", "resources/*.md"],
+                  "sttr_fast.csrc": ["*.h", "*.cuh", "*.cu", "*.cpp"]},
+    ext_modules=EXTENSIONS,
+    cmdclass=COMMANDS,
     install_requires=[
         "torch>=2.11",
         "numpy>=1.24",

@@ -6,14 +6,16 @@ concatenated head-major. ``p`` is DropAttention's drop probability (pass 0 in ev
 ``key_mask`` (reference backend only) replaces the random mask with a given boolean keep-mask.
 
 Backends: ``"reference"`` (eager PyTorch, the ground truth), ``"triton"`` (fused kernels from
-``sttr_fast.kernels``; CUDA tensors, or any under ``TRITON_INTERPRET=1``) and ``"auto"`` (Triton for
-CUDA tensors it can take, else the reference).
+``sttr_fast.kernels``; CUDA tensors, or any under ``TRITON_INTERPRET=1``), ``"cuda"`` (the kernels
+of ``csrc/``; CUDA tensors, or CPU tensors through their host build under
+``STTR_CUDA_HOST_BUILD=1``) and ``"auto"`` (Triton for CUDA tensors it can take, else the
+reference; it never picks ``"cuda"``, which has not yet been run on a GPU).
 """
 from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import cuda_backend, reference
 from .reference import drop_attention, sample_key_mask
 
 try:
@@ -29,8 +31,17 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def available_backends() -> list[str]:
     """Backends that can run on this machine; ``"auto"`` picks the best of them per call."""
-    usable_triton = triton_backend is not None and triton_backend.usable()
-    return ["reference"] + (["triton"] if usable_triton else [])
+    return [backend for backend in ("reference", "triton", "cuda") if _usable(backend)]
+
+
+def _usable(backend: str) -> bool:
+    """Whether one backend runs here, without loading the others (the cuda backend's first check
+    may build its kernels)."""
+    if backend == "triton":
+        return triton_backend is not None and triton_backend.usable()
+    if backend == "cuda":
+        return cuda_backend.usable()
+    return backend == "reference"
 
 
 def _resolve_backend(op: str, backend: str, cores: dict, qkv: torch.Tensor, num_heads: int, dk: int,
@@ -41,19 +52,22 @@ def _resolve_backend(op: str, backend: str, cores: dict, qkv: torch.Tensor, num_
         fused = ("triton" in cores and qkv.device.type == "cuda" and key_mask is None
                  and triton_backend.unsupported(op, qkv, num_heads, dk, dv) is None)
         return "triton" if fused else "reference"
-    if backend not in available_backends():
+    if not _usable(backend):
         hint = ""
         if backend == "triton" and triton_backend is not None:
             hint = (" (the triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 set before triton "
                     "is imported to run it on the CPU)")
+        if backend == "cuda":
+            hint = f" (the cuda backend cannot run here: {cuda_backend.why_unusable()})"
         raise ValueError(f"{op}: unknown or unavailable attention backend {backend!r}; "
                          f"expected 'auto' or one of {available_backends()}{hint}")
     if key_mask is not None and backend != "reference":
         raise ValueError(f"{op}: an explicit key_mask needs backend='reference' (or 'auto'); the "
                          f"{backend} backend draws its DropAttention mask in-kernel from p, got "
                          f"backend={backend!r}")
-    if backend == "triton":
-        reason = triton_backend.unsupported(op, qkv, num_heads, dk, dv)
+    fused_backends = {"triton": triton_backend, "cuda": cuda_backend}
+    if backend in fused_backends:
+        reason = fused_backends[backend].unsupported(op, qkv, num_heads, dk, dv)
         if reason is not None:
             raise ValueError(reason)
     return backend
@@ -104,7 +118,7 @@ def _attention(op, cores, mask_shape_of, qkv, num_heads, dk, dv, p, key_mask, ba
     if key_mask is not None:
         _check_key_mask(op, key_mask, mask_shape, qkv)
     chosen = _resolve_backend(op, backend, cores, qkv, num_heads, dk, dv, key_mask)
-    if chosen == "triton":
+    if chosen in ("triton", "cuda"):
         return cores[chosen](qkv, num_heads, dk, dv, p)
     if key_mask is None and p > 0:
         key_mask = sample_key_mask(mask_shape, p, qkv.device)
@@ -112,8 +126,8 @@ def _attention(op, cores, mask_shape_of, qkv, num_heads, dk, dv, p, key_mask, ba
 
 
 # The reference cores take a key mask (sampled here when p > 0); fused cores take p and draw it.
-_SPATIAL_CORES = {"reference": reference.spatial_attention}
-_TEMPORAL_CORES = {"reference": reference.temporal_attention}
+_SPATIAL_CORES = {"reference": reference.spatial_attention, "cuda": cuda_backend.spatial_attention}
+_TEMPORAL_CORES = {"reference": reference.temporal_attention, "cuda": cuda_backend.temporal_attention}
 if triton_backend is not None:
     _SPATIAL_CORES["triton"] = triton_backend.spatial_attention
     _TEMPORAL_CORES["triton"] = triton_backend.temporal_attention

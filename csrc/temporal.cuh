@@ -1,0 +1,330 @@
+// The temporal self-attention core (TSA, docs/network.md §7 and §8) as phase kernels.
+//
+// A block owns ``block_tokens`` consecutive tokens (frames) of one (sequence, head), one thread
+// per token: queries in the forward and the query kernel of the backward, keys in the key kernel.
+// It streams the other side of the sequence through shared memory in tiles of kKeyTile tokens,
+// double-buffered: the phase that computes on tile τ also copies tile τ + 1, and the barrier
+// between phases separates the two. Each token of a tile (and its mask value) is read once per
+// block; nothing L × L is ever stored, so memory is O(L) per (sequence, head). A thread's own
+// rows (q and dO, or k and v) are read once, straight from global memory: in the modules' layout
+// frames are unit-stride, so neighbouring threads read neighbouring addresses.
+#pragma once
+
+#include "spatial.cuh"
+
+namespace sttr {
+
+constexpr int kKeyTile = 32;
+
+// Shared memory of a temporal block: two buffers of kKeyTile rows of ``a_dims`` and ``b_dims``
+// channels and two per-row values (the mask, or Λ and D).
+struct TemporalLayout {
+  int PA, PB;
+  size_t buffer_bytes, a, b, scalar0, scalar1, bytes;
+};
+
+template <typename A>
+STTR_HD TemporalLayout temporal_layout(int a_dims, int b_dims) {
+  TemporalLayout l{};
+  l.PA = pitch(a_dims);
+  l.PB = pitch(b_dims);
+  size_t at = 0;
+  l.a = at;
+  at = align16(at + kKeyTile * l.PA * sizeof(A));
+  l.b = at;
+  at = align16(at + kKeyTile * l.PB * sizeof(A));
+  l.scalar0 = at;
+  at = align16(at + kKeyTile * sizeof(A));
+  l.scalar1 = at;
+  at = align16(at + kKeyTile * sizeof(A));
+  l.buffer_bytes = at;
+  l.bytes = 2 * at;
+  return l;
+}
+
+// What every phase of a temporal kernel derives from the block index. Blocks of one (sequence,
+// head) are adjacent, so the tiles they stream come from DRAM once and from L2 after.
+template <typename A>
+struct TemporalBlock {
+  TemporalLayout l;
+  int head;
+  int64_t sequence, n, joint, token, tiles;  // token: this thread's query or key
+  int64_t qkv_base;                          // offset of (n', joint) in qkv
+
+  STTR_HD TemporalBlock(const Problem& p, const BlockContext& ctx, int a_dims, int b_dims)
+      : l(temporal_layout<A>(a_dims, b_dims)) {
+    const uint32_t chunk = ctx.block % static_cast<uint32_t>(p.chunks);
+    const uint32_t sequence_head = ctx.block / static_cast<uint32_t>(p.chunks);
+    head = static_cast<int>(sequence_head % static_cast<uint32_t>(p.H));
+    const uint32_t sequence32 = sequence_head / static_cast<uint32_t>(p.H);
+    sequence = sequence32;
+    n = sequence32 / static_cast<uint32_t>(p.V);
+    joint = sequence - n * p.V;
+    token = chunk * p.block_tokens + ctx.thread;
+    tiles = (static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile;
+    qkv_base = n * p.qkv.stride_n + joint * p.qkv.stride_v;
+  }
+
+  STTR_HD bool active(const Problem& p) const { return token < p.T; }
+  // Flat (sequence, head, token) index: the statistics, D and the key mask.
+  STTR_HD int64_t flat_index(const Problem& p, int64_t t) const { return (sequence * p.H + head) * p.T + t; }
+  STTR_HD int64_t offset(const Strided& x, int64_t t, int channel) const {
+    return n * x.stride_n + joint * x.stride_v + t * x.stride_t + static_cast<int64_t>(channel) * x.stride_c;
+  }
+  STTR_HD A* buffer(const BlockContext& ctx, int64_t tile, size_t region) const {
+    return reinterpret_cast<A*>(ctx.shared + (tile & 1) * l.buffer_bytes + region);
+  }
+  STTR_HD int tile_rows(const Problem& p, int64_t tile) const {
+    const int64_t left = p.T - tile * kKeyTile;
+    return left < kKeyTile ? static_cast<int>(left) : kKeyTile;
+  }
+
+  // Channels [first, first + dims) of the tile's tokens into rows of ``tile``; missing tokens read 0.
+  STTR_HD void load_tile(const Strided& x, int64_t tile, int first, int dims, int row_pitch, A* rows,
+                         const Problem& p, const BlockContext& ctx) const {
+    const int valid = tile_rows(p, tile);
+    const int64_t t0 = tile * kKeyTile;
+    auto body = [&](int row, int c) {
+      rows[row * row_pitch + c] = row < valid ? load_element<A>(x, offset(x, t0 + row, first + c)) : A(0);
+    };
+    if (x.stride_t <= x.stride_c) {
+      walk_box(kKeyTile, dims, 1, ctx, [&](int row, int c, int) { body(row, c); });
+    } else {
+      walk_box(dims, kKeyTile, 1, ctx, [&](int c, int row, int) { body(row, c); });
+    }
+  }
+};
+
+template <typename A, int D, bool EXACT>
+STTR_HD void load_global_row(A (&x)[D], const Strided& tensor, int64_t base, int first, int dims) {
+#pragma unroll
+  for (int c = 0; c < D; ++c) {
+    x[c] = live<EXACT>(c, dims) ? load_element<A>(tensor, base + static_cast<int64_t>(first + c) * tensor.stride_c)
+                                : A(0);
+  }
+}
+
+template <typename A, int D, bool EXACT>
+STTR_HD void store_global_row(const A (&x)[D], A scale, const Strided& tensor, int64_t base, int first, int dims) {
+#pragma unroll
+  for (int c = 0; c < D; ++c) {
+    if (live<EXACT>(c, dims)) store_element<A>(tensor, base + static_cast<int64_t>(first + c) * tensor.stride_c, x[c] * scale);
+  }
+}
+
+// Forward: an online softmax over key tiles. Per tile a thread computes its kKeyTile scores into
+// registers, moves its running maximum once (one exponential per tile to rescale), then takes one
+// exponential per score; the denominator accumulates Σ a·(m + 1e-8) = K + 1e-8·L and the output
+// Σ m·a·v, relative to the running maximum over all keys (docs/kernels.md §8: accumulated in
+// float32, kept weights relative to a dropped maximum are lost only below 2^-126).
+template <typename A, int DK, int DV, bool EXACT>
+struct TemporalForward {
+  STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
+  STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
+  struct Registers {
+    A q[DK], acc[DV];
+    A row_max, denominator;
+  };
+  static constexpr int kMaxThreads = 256;
+  static constexpr int kPhases = 0;  // one per key tile, and one more
+  STTR_HD static int phases(const Problem& p) { return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile) + 1; }
+
+  STTR_HD static void load_keys(const Problem& p, const TemporalBlock<A>& b, int64_t tile, const BlockContext& ctx) {
+    b.load_tile(p.qkv, tile, (p.H + b.head) * dk(p), dk(p), b.l.PA, b.buffer(ctx, tile, b.l.a), p, ctx);
+    b.load_tile(p.qkv, tile, 2 * p.H * dk(p) + b.head * dv(p), dv(p), b.l.PB,
+                            b.buffer(ctx, tile, b.l.b), p, ctx);
+    A* mask = b.buffer(ctx, tile, b.l.scalar0);
+    const int valid = b.tile_rows(p, tile);
+    for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {
+      mask[row] = row >= valid ? A(0) : p.keep ? A(p.keep[b.flat_index(p, tile * kKeyTile + row)] ? 1 : 0) : A(1);
+    }
+  }
+
+  STTR_HD static void phase(int step, const Problem& p, const BlockContext& ctx, Registers& r) {
+    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
+    if (step == 0) {
+      if (b.active(p)) {
+        load_global_row<A, DK, EXACT>(r.q, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, b.head * dk(p), dk(p));
+        fill(r.acc, A(0));
+        r.row_max = neg_inf<A>();
+        r.denominator = 0;
+      }
+      load_keys(p, b, 0, ctx);
+      return;
+    }
+    const int64_t tile = step - 1;
+    if (tile + 1 < b.tiles) load_keys(p, b, tile + 1, ctx);
+    if (!b.active(p)) return;
+    attend_tile(p, b, tile, ctx, r);
+    if (tile + 1 == b.tiles) {
+      const A inverse = reciprocal(r.denominator);
+      store_global_row<A, DV, EXACT>(r.acc, inverse, p.out, b.offset(p.out, b.token, 0), b.head * dv(p), dv(p));
+      static_cast<A*>(p.stats)[b.flat_index(p, b.token)] =
+          r.row_max * A(p.scale) + log_acc(r.denominator);
+    }
+  }
+
+  STTR_HD static void attend_tile(const Problem& p, const TemporalBlock<A>& b, int64_t tile,
+                                  const BlockContext& ctx, Registers& r) {
+    const A* keys = b.buffer(ctx, tile, b.l.a);
+    const A* values = b.buffer(ctx, tile, b.l.b);
+    const A* mask = b.buffer(ctx, tile, b.l.scalar0);
+    const int valid = b.tile_rows(p, tile);
+    const A scale_log2 = A(p.scale) * A(kLog2e), eps = drop_eps<A>(p);
+    // Two passes over the tile: its maximum first (moving the running maximum once per tile, one
+    // exponential to rescale), then one exponential per score. Recomputing the dkh-term dot costs
+    // less than holding kKeyTile scores in registers, which made ptxas spill.
+    A tile_max = neg_inf<A>();
+#pragma unroll 1
+    for (int j = 0; j < valid; ++j) tile_max = max_acc(tile_max, dot_row<A, DK, EXACT>(r.q, keys + j * b.l.PA, dk(p)));
+    // Every tile holds a valid key, so the new maximum is finite; the first rescale is exp(−inf) = 0.
+    const A row_max = max_acc(r.row_max, tile_max);
+    const A rescale = exp2_acc((r.row_max - row_max) * scale_log2);
+    r.row_max = row_max;
+    r.denominator *= rescale;
+#pragma unroll
+    for (int c = 0; c < DV; ++c) r.acc[c] *= rescale;
+#pragma unroll 1
+    for (int j = 0; j < valid; ++j) {
+      const A a = exp2_acc((dot_row<A, DK, EXACT>(r.q, keys + j * b.l.PA, dk(p)) - row_max) * scale_log2);
+      r.denominator += a * (mask[j] + eps);
+      add_scaled_row<A, DV, EXACT>(r.acc, a * mask[j], values + j * b.l.PB, dv(p));
+    }
+  }
+};
+
+// Backward, query kernel: one thread per query. D = rowsum(dO ⊙ O) from the saved output (stored
+// in ``delta`` for the key kernel), then over key tiles q = exp(s − Λ), dP = dO·v,
+// dS = q ⊙ (m ⊙ (dP − D) − 1e-8·D) and dQ = dS·K (docs/kernels.md §7).
+template <typename A, int DK, int DV, bool EXACT>
+struct TemporalBackwardQuery {
+  STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
+  STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
+  struct Registers {
+    A q[DK], dout[DV], dq[DK];
+    A statistic_log2, d;
+  };
+  static constexpr int kMaxThreads = 256;
+  static constexpr int kPhases = 0;  // one per key tile, and one more
+  STTR_HD static int phases(const Problem& p) { return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile) + 1; }
+
+  STTR_HD static void phase(int step, const Problem& p, const BlockContext& ctx, Registers& r) {
+    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
+    if (step == 0) {
+      if (b.active(p)) start(p, b, r);
+      TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, 0, ctx);
+      return;
+    }
+    const int64_t tile = step - 1;
+    if (tile + 1 < b.tiles) TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, tile + 1, ctx);
+    if (!b.active(p)) return;
+    const A* keys = b.buffer(ctx, tile, b.l.a);
+    const A* values = b.buffer(ctx, tile, b.l.b);
+    const A* mask = b.buffer(ctx, tile, b.l.scalar0);
+    const int valid = b.tile_rows(p, tile);
+    const A scale_log2 = A(p.scale) * A(kLog2e), eps = drop_eps<A>(p);
+#pragma unroll 1
+    for (int j = 0; j < valid; ++j) {
+      const A w = exp2_acc(dot_row<A, DK, EXACT>(r.q, keys + j * b.l.PA, dk(p)) * scale_log2 - r.statistic_log2);
+      const A grad_weight = dot_row<A, DV, EXACT>(r.dout, values + j * b.l.PB, dv(p));
+      add_scaled_row<A, DK, EXACT>(r.dq, w * (mask[j] * (grad_weight - r.d) - eps * r.d), keys + j * b.l.PA, dk(p));
+    }
+    if (tile + 1 == b.tiles) {
+      store_global_row<A, DK, EXACT>(r.dq, A(p.scale), p.grad_qkv,
+                                        b.offset(p.grad_qkv, b.token, 0), b.head * dk(p), dk(p));
+    }
+  }
+
+  STTR_HD static void start(const Problem& p, const TemporalBlock<A>& b, Registers& r) {
+    load_global_row<A, DK, EXACT>(r.q, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, b.head * dk(p), dk(p));
+    load_global_row<A, DV, EXACT>(r.dout, p.grad_out, b.offset(p.grad_out, b.token, 0), b.head * dv(p), dv(p));
+    A out[DV];
+    load_global_row<A, DV, EXACT>(out, p.out, b.offset(p.out, b.token, 0), b.head * dv(p), dv(p));
+    A d = 0;
+#pragma unroll
+    for (int c = 0; c < DV; ++c) d += r.dout[c] * out[c];
+    r.d = d;
+    static_cast<A*>(p.delta)[b.flat_index(p, b.token)] = d;
+    r.statistic_log2 = static_cast<const A*>(p.stats)[b.flat_index(p, b.token)] * A(kLog2e);
+    fill(r.dq, A(0));
+  }
+};
+
+// Backward, key kernel: one thread per key, streaming query tiles (q, dO, Λ and D). For each
+// query: q = exp(s − Λ), dP = dO·v, dS as above, dK += dS·q and dV += m·q·dO. It runs after the
+// query kernel (same stream), which wrote D.
+template <typename A, int DK, int DV, bool EXACT>
+struct TemporalBackwardKey {
+  STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
+  STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
+  struct Registers {
+    A k[DK], v[DV], dk[DK], dv[DV];
+    A keep;
+  };
+  static constexpr int kMaxThreads = 256;
+  static constexpr int kPhases = 0;  // one per key tile, and one more
+  STTR_HD static int phases(const Problem& p) { return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile) + 1; }
+
+  STTR_HD static void load_queries(const Problem& p, const TemporalBlock<A>& b, int64_t tile, const BlockContext& ctx) {
+    b.load_tile(p.qkv, tile, b.head * dk(p), dk(p), b.l.PA, b.buffer(ctx, tile, b.l.a), p, ctx);
+    b.load_tile(p.grad_out, tile, b.head * dv(p), dv(p), b.l.PB, b.buffer(ctx, tile, b.l.b), p, ctx);
+    A* statistics_log2 = b.buffer(ctx, tile, b.l.scalar0);
+    A* d = b.buffer(ctx, tile, b.l.scalar1);
+    const int valid = b.tile_rows(p, tile);
+    for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {
+      const int64_t index = b.flat_index(p, tile * kKeyTile + row);
+      statistics_log2[row] = row < valid ? static_cast<const A*>(p.stats)[index] * A(kLog2e) : A(0);
+      d[row] = row < valid ? static_cast<const A*>(p.delta)[index] : A(0);
+    }
+  }
+
+  STTR_HD static void phase(int step, const Problem& p, const BlockContext& ctx, Registers& r) {
+    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
+    if (step == 0) {
+      if (b.active(p)) {
+        load_global_row<A, DK, EXACT>(r.k, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, (p.H + b.head) * dk(p),
+                                         dk(p));
+        load_global_row<A, DV, EXACT>(r.v, p.qkv, b.qkv_base + b.token * p.qkv.stride_t,
+                                         2 * p.H * dk(p) + b.head * dv(p), dv(p));
+        r.keep = p.keep ? A(p.keep[b.flat_index(p, b.token)] ? 1 : 0) : A(1);
+        fill(r.dk, A(0));
+        fill(r.dv, A(0));
+      }
+      load_queries(p, b, 0, ctx);
+      return;
+    }
+    const int64_t tile = step - 1;
+    if (tile + 1 < b.tiles) load_queries(p, b, tile + 1, ctx);
+    if (!b.active(p)) return;
+    const A* queries = b.buffer(ctx, tile, b.l.a);
+    const A* douts = b.buffer(ctx, tile, b.l.b);
+    const A* statistics_log2 = b.buffer(ctx, tile, b.l.scalar0);
+    const A* d = b.buffer(ctx, tile, b.l.scalar1);
+    const int valid = b.tile_rows(p, tile);
+    const A scale_log2 = A(p.scale) * A(kLog2e), eps = drop_eps<A>(p);
+#pragma unroll 1
+    for (int i = 0; i < valid; ++i) {
+      const A* query = queries + i * b.l.PA;
+      const A* dout = douts + i * b.l.PB;
+      const A w = exp2_acc(dot_row<A, DK, EXACT>(r.k, query, dk(p)) * scale_log2 - statistics_log2[i]);
+      // dP and dV's update read each dO element once.
+      const A kept = r.keep * w;
+      A grad_weight = 0;
+#pragma unroll
+      for (int c = 0; c < DV; ++c) {
+        if (live<EXACT>(c, dv(p))) {
+          grad_weight += r.v[c] * dout[c];
+          r.dv[c] += kept * dout[c];
+        }
+      }
+      add_scaled_row<A, DK, EXACT>(r.dk, w * (r.keep * (grad_weight - d[i]) - eps * d[i]), query, dk(p));
+    }
+    if (tile + 1 == b.tiles) {
+      const int64_t base = b.offset(p.grad_qkv, b.token, 0);
+      store_global_row<A, DK, EXACT>(r.dk, A(p.scale), p.grad_qkv, base, (p.H + b.head) * dk(p), dk(p));
+      store_global_row<A, DV, EXACT>(r.dv, A(1), p.grad_qkv, base, 2 * p.H * dk(p) + b.head * dv(p), dv(p));
+    }
+  }
+};
+
+}  // namespace sttr

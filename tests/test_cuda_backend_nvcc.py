@@ -1,0 +1,90 @@
+"""The cuda backend's GPU kernels compiled by nvcc for sm_80 and sm_90, without a GPU.
+
+csrc/cuda_launch.cu includes no torch header, so nvcc compiles it alone to a cubin per
+architecture, every instantiation the launcher can pick in one translation unit, the two
+architectures in parallel. ptxas's report (``-Xptxas -v``) must list every kernel, and none may
+spill or use a stack frame (local memory): the kernels hold their rows in registers by design.
+Run them alone with ``pytest -k nvcc``.
+"""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sttr_fast.ops import cuda_backend
+
+ARCHS = (80, 90)
+KERNELS = ("SpatialForward", "SpatialBackward", "TemporalForward", "TemporalBackwardQuery", "TemporalBackwardKey")
+# (dk per head, dv per head, exact): ST-TR's head splits and the generic instantiation (csrc/dispatch.h).
+INSTANTIATIONS = ((4, 16, True), (8, 32, True), (16, 64, True), (16, 64, False))
+ENTRY = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)'")
+INSTANTIATION = re.compile(r"(" + "|".join(KERNELS) + r")IfLi(\d+)ELi(\d+)ELb([01])E")
+
+
+def nvcc() -> str:
+    """nvcc on the PATH or under CUDA_HOME, as torch's extension builder finds it."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    candidates = [shutil.which("nvcc")] + ([str(Path(CUDA_HOME) / "bin" / "nvcc")] if CUDA_HOME else [])
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return candidate
+    pytest.skip("needs nvcc (the CUDA toolkit)")
+
+
+@pytest.fixture(scope="module")
+def ptxas_reports(tmp_path_factory) -> dict[int, str]:
+    """ptxas's report of csrc/cuda_launch.cu per architecture, with the device build's flags."""
+    compiler = nvcc()
+    folder = tmp_path_factory.mktemp("cubins")
+    source = cuda_backend.source_dir() / "cuda_launch.cu"
+    flags = cuda_backend._compile_flags(cuda_backend.DEVICE_LIBRARY, True) + ["-std=c++17"]
+    jobs = {arch: subprocess.Popen([compiler, "-cubin", f"-arch=sm_{arch}", *flags, "-Xptxas", "-v",
+                                    "-o", str(folder / f"sttr_sm{arch}.cubin"), str(source)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for arch in ARCHS}
+    reports = {}
+    for arch, job in jobs.items():
+        output, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, output[-4000:]
+        reports[arch] = output
+    return reports
+
+
+def kernel_reports(report: str) -> dict[str, str]:
+    """ptxas's lines per entry function (mangled name)."""
+    parts = ENTRY.split(report)
+    return {name: body for name, _, body in zip(parts[1::3], parts[2::3], parts[3::3])}
+
+
+def instantiation(name: str) -> tuple | None:
+    match = INSTANTIATION.search(name)
+    if match is None:
+        return None
+    kernel, dk, dv, exact = match.groups()
+    return kernel, int(dk), int(dv), exact == "1"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvcc_compiles_every_instantiation_once(ptxas_reports, arch):
+    names = kernel_reports(ptxas_reports[arch])
+    compiled = {instantiation(name) for name in names} - {None}
+    expected = {(kernel, *dims) for kernel in KERNELS for dims in INSTANTIATIONS}
+    assert compiled == expected
+    assert len(names) == len(expected) + 1  # and the key-mask kernel
+    assert any("key_mask_kernel" in name for name in names)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvcc_kernels_neither_spill_nor_use_local_memory(ptxas_reports, arch):
+    problems = []
+    for name, body in kernel_reports(ptxas_reports[arch]).items():
+        stack, stores, loads = map(int, re.search(
+            r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", body).groups())
+        registers = int(re.search(r"Used (\d+) registers", body).group(1))
+        if stack or stores or loads or "lmem" in body or registers > 255:
+            problems.append(f"{instantiation(name) or name}: {registers} registers, stack {stack}, spill "
+                            f"stores {stores}, loads {loads}")
+    assert not problems, "\n".join(problems)
