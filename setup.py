@@ -27,7 +27,7 @@ def cuda_extension() -> tuple[list, dict]:
         return [], {}
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     extension = CUDAExtension("sttr_fast._cuda_kernels", ["csrc/binding.cpp", "csrc/cuda_launch.cu"],
-                              extra_compile_args={"cxx": CUDA_FLAGS, "nvcc": CUDA_FLAGS + ["-std=c++17"]})
+                              extra_compile_args={"cxx": CUDA_FLAGS, "nvcc": CUDA_FLAGS})
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

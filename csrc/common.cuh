@@ -141,10 +141,17 @@ struct Strided {
   Dtype dtype;
 };
 
-// Shared-memory row pitch: an odd number of elements, so that threads reading consecutive rows at
-// the same column hit distinct banks (4-byte elements; 8-byte ones take two banks and conflict at
-// most two-way).
-STTR_HD int pitch(int dims) { return dims | 1; }
+// Shared-memory row pitches. Rows that each thread reads on its own (a column of the spatial
+// backward's weights) take an odd number of elements, so that threads reading consecutive rows at
+// the same column hit distinct banks. Rows of q, k, v and dO tiles are read by whole warps at
+// once, every lane the same row (or, spatially, the rows of two frames): a multiple of 4
+// elements, so that the exact instantiations read them as 16-byte vectors (one LDS.128 per four
+// channels), and not of 32, so that two frames' rows fall on different banks.
+STTR_HD int odd_pitch(int dims) { return dims | 1; }
+STTR_HD int vector_pitch(int dims) {
+  const int multiple = (dims + 3) / 4 * 4;
+  return multiple % 32 ? multiple : multiple + 4;
+}
 
 // Steps a linear index through a box of extents (inner, middle, outer), fastest first, by a fixed
 // stride: the mixed-radix digits of the stride are added with carries, so the copy loops need no

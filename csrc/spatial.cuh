@@ -8,7 +8,7 @@
 // and computes its whole softmax row: scores are cheap at these head dims (4-16), so a first pass
 // finds the row's maximum and a second takes one exponential per score, with no rescaling. The
 // output rows are staged in shared memory and written back cooperatively, so that the global
-// accesses follow the tensor's unit-stride axis whatever its layout (docs/kernels.md §13).
+// accesses follow the tensor's unit-stride axis whatever its layout (docs/kernels.md §11).
 #pragma once
 
 #include "attention.cuh"
@@ -27,9 +27,9 @@ STTR_HD SpatialLayout spatial_layout(int frames, int V, int dkh, int dvh, bool b
   SpatialLayout l{};
   l.F = frames;
   l.V = V;
-  l.PK = pitch(dkh);
-  l.PV = pitch(dvh);
-  l.PS = pitch(V);
+  l.PK = vector_pitch(dkh);
+  l.PV = vector_pitch(dvh);
+  l.PS = odd_pitch(V);
   const size_t rows = static_cast<size_t>(frames) * V;
   size_t at = 0;
   l.bases = at;
@@ -143,21 +143,68 @@ struct SpatialBlock {
   }
 };
 
+template <typename A, int D>
+STTR_HD void fill(A (&x)[D], A value) {
+#pragma unroll
+  for (int c = 0; c < D; ++c) x[c] = value;
+}
+
+// Whether a shared-memory row is read as 16-byte vectors: on the device (A is float there), by
+// the exact instantiations, whose rows are 16-byte aligned (vector_pitch, align16).
+template <typename A, int D, bool EXACT>
+constexpr bool kVectorRows =
+#if defined(__CUDA_ARCH__)
+    EXACT && D % 4 == 0;
+#else
+    false;
+#endif
+
+// Channels c .. c + 3 of a row, as one load where kVectorRows holds.
+template <typename A, int D, bool EXACT>
+STTR_HD void load4(const A* row, int c, A (&out)[4]) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (kVectorRows<A, D, EXACT>) {
+    const float4 v = *reinterpret_cast<const float4*>(row + c);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+    return;
+  }
+#endif
+#pragma unroll
+  for (int i = 0; i < 4; ++i) out[i] = row[c + i];
+}
+
+// The row's channels, four at a time where they are read as vectors; the sums run in channel
+// order either way.
+template <typename A, int D, bool EXACT, typename Body>
+STTR_HD void for_each_channel(const A* row, int dims, Body body) {
+  if constexpr (kVectorRows<A, D, EXACT>) {
+#pragma unroll
+    for (int c = 0; c < D; c += 4) {
+      A four[4];
+      load4<A, D, EXACT>(row, c, four);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) body(c + i, four[i]);
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < D; ++c) {
+      if (live<EXACT>(c, dims)) body(c, row[c]);
+    }
+  }
+}
+
 // q·k over a tile row's channels.
 template <typename A, int D, bool EXACT>
 STTR_HD A dot_row(const A (&x)[D], const A* row, int dims) {
   A sum = 0;
-#pragma unroll
-  for (int c = 0; c < D; ++c) {
-    if (live<EXACT>(c, dims)) sum += x[c] * row[c];
-  }
+  for_each_channel<A, D, EXACT>(row, dims, [&](int c, A value) { sum += x[c] * value; });
   return sum;
 }
 
 template <typename A, int D, bool EXACT>
 STTR_HD void load_row(A (&x)[D], const A* row, int dims) {
-#pragma unroll
-  for (int c = 0; c < D; ++c) x[c] = live<EXACT>(c, dims) ? row[c] : A(0);
+  fill(x, A(0));
+  for_each_channel<A, D, EXACT>(row, dims, [&](int c, A value) { x[c] = value; });
 }
 
 template <typename A, int D, bool EXACT>
@@ -171,16 +218,7 @@ STTR_HD void store_row(const A (&x)[D], A* row, int dims) {
 // x += w · row
 template <typename A, int D, bool EXACT>
 STTR_HD void add_scaled_row(A (&x)[D], A w, const A* row, int dims) {
-#pragma unroll
-  for (int c = 0; c < D; ++c) {
-    if (live<EXACT>(c, dims)) x[c] += w * row[c];
-  }
-}
-
-template <typename A, int D>
-STTR_HD void fill(A (&x)[D], A value) {
-#pragma unroll
-  for (int c = 0; c < D; ++c) x[c] = value;
+  for_each_channel<A, D, EXACT>(row, dims, [&](int c, A value) { x[c] += w * value; });
 }
 
 // The per-head dims of an instantiation: compile-time constants for the exact ones, so that tile

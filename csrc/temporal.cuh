@@ -26,8 +26,8 @@ struct TemporalLayout {
 template <typename A>
 STTR_HD TemporalLayout temporal_layout(int a_dims, int b_dims) {
   TemporalLayout l{};
-  l.PA = pitch(a_dims);
-  l.PB = pitch(b_dims);
+  l.PA = vector_pitch(a_dims);
+  l.PB = vector_pitch(b_dims);
   size_t at = 0;
   l.a = at;
   at = align16(at + kKeyTile * l.PA * sizeof(A));
@@ -310,13 +310,10 @@ struct TemporalBackwardKey {
       // dP and dV's update read each dO element once.
       const A kept = r.keep * w;
       A grad_weight = 0;
-#pragma unroll
-      for (int c = 0; c < DV; ++c) {
-        if (live<EXACT>(c, dv(p))) {
-          grad_weight += r.v[c] * dout[c];
-          r.dv[c] += kept * dout[c];
-        }
-      }
+      for_each_channel<A, DV, EXACT>(dout, dv(p), [&](int c, A value) {
+        grad_weight += r.v[c] * value;
+        r.dv[c] += kept * value;
+      });
       add_scaled_row<A, DK, EXACT>(r.dk, w * (r.keep * (grad_weight - d[i]) - eps * d[i]), query, dk(p));
     }
     if (tile + 1 == b.tiles) {

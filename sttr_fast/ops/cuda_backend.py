@@ -98,7 +98,7 @@ def _build(device: bool):
         else:
             flags = _compile_flags(DEVICE_LIBRARY, True)
             cpp_extension.load(name=DEVICE_LIBRARY, sources=build_sources(True), extra_cflags=flags,
-                               extra_cuda_cflags=flags + ["-std=c++17"], is_python_module=False)
+                               extra_cuda_cflags=flags, is_python_module=False)
     except Exception as error:
         raise Unavailable(f"building or loading the CUDA kernels failed: {error}") from error
     return getattr(torch.ops, DEVICE_LIBRARY)
