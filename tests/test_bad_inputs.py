@@ -449,3 +449,14 @@ def test_a_bug_is_one_line_too_and_exits_1(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == ("sttr bench: internal error: RuntimeError: an internal failure (run again with "
                    "--debug for the traceback)\n")
+
+
+def test_any_interrupted_command_exits_130_without_a_traceback(w, monkeypatch, capsys):
+    from sttr_fast.train import scores
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scores, "fuse", interrupted)
+    assert main(["ensemble", str(w.scores), "--labels", str(w.labels)]) == 130
+    assert capsys.readouterr().err == "sttr ensemble: interrupted\n"
