@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -42,58 +43,96 @@ struct BlockContext {
 template <bool EXACT>
 STTR_HD bool live(int c, int dims) { return EXACT || c < dims; }
 
-// The element of tensor ``x`` at ``offset`` in the accumulator type, and back. The device build
+// Calls ``body(data)`` with the tensor's data pointer typed by its element type: the device build
 // takes float16, bfloat16 and float32 tensors, the host build float32 and float64 (their
-// launchers admit no other). The kernels never write the tensors they read (outputs are separate
-// buffers), so on the device the loads go through the read-only path (__ldg): ptxas may then move
-// them past the stores, which spared the float32 kernels a hundred registers and their spills.
-template <typename A>
-STTR_HD A load_element(const Strided& x, int64_t offset) {
+// launchers admit no other). Loops over elements go inside ``body``, so that the type's switch
+// stays outside them and their loads carry no branches and can be in flight together.
+template <typename Body>
+STTR_HD void with_typed_data(const Strided& x, Body body) {
 #if defined(__CUDA_ARCH__)
   switch (x.dtype) {
     case Dtype::float16:
-      return __half2float(__ldg(static_cast<const __half*>(x.data) + offset));
-    case Dtype::bfloat16:
-      return __bfloat162float(__ldg(static_cast<const __nv_bfloat16*>(x.data) + offset));
-    default:
-      return __ldg(static_cast<const float*>(x.data) + offset);
-  }
-#else
-  return x.dtype == Dtype::float64 ? static_cast<A>(static_cast<const double*>(x.data)[offset])
-                                   : static_cast<A>(static_cast<const float*>(x.data)[offset]);
-#endif
-}
-
-template <typename A>
-STTR_HD void store_element(const Strided& x, int64_t offset, A value) {
-#if defined(__CUDA_ARCH__)
-  switch (x.dtype) {
-    case Dtype::float16:
-      static_cast<__half*>(x.data)[offset] = __float2half_rn(value);
+      body(static_cast<__half*>(x.data));
       break;
     case Dtype::bfloat16:
-      static_cast<__nv_bfloat16*>(x.data)[offset] = __float2bfloat16_rn(value);
+      body(static_cast<__nv_bfloat16*>(x.data));
       break;
     default:
-      static_cast<float*>(x.data)[offset] = value;
+      body(static_cast<float*>(x.data));
   }
 #else
   if (x.dtype == Dtype::float64) {
-    static_cast<double*>(x.data)[offset] = static_cast<double>(value);
+    body(static_cast<double*>(x.data));
   } else {
-    static_cast<float*>(x.data)[offset] = static_cast<float>(value);
+    body(static_cast<float*>(x.data));
   }
 #endif
 }
 
-// Calls ``body(i0, i1, i2)`` for every point of the box [0, n0) x [0, n1) x [0, n2), i0 fastest,
-// the block's threads taking consecutive points: neighbouring threads get neighbouring i0.
-template <typename Body>
-STTR_HD void walk_box(int n0, int n1, int n2, const BlockContext& ctx, Body body) {
+// An element in the accumulator type, and back. The kernels never write the tensors they read
+// (outputs are separate buffers), so on the device the loads go through the read-only path
+// (__ldg): ptxas may then move them past the stores, which spared the float32 kernels a hundred
+// registers and their spills.
+template <typename A, typename T>
+STTR_HD A load_typed(const T* data, int64_t offset) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(__ldg(data + offset));
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __bfloat162float(__ldg(data + offset));
+  } else {
+    return __ldg(data + offset);
+  }
+#else
+  return static_cast<A>(data[offset]);
+#endif
+}
+
+template <typename A, typename T>
+STTR_HD void store_typed(T* data, int64_t offset, A value) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<T, __half>) {
+    data[offset] = __float2half_rn(value);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    data[offset] = __float2bfloat16_rn(value);
+  } else {
+    data[offset] = value;
+  }
+#else
+  data[offset] = static_cast<T>(value);
+#endif
+}
+
+// Copies every point of the box [0, n0) x [0, n1) x [0, n2): ``write(i0, i1, i2, read(i0, i1,
+// i2))``, the block's threads taking consecutive points, i0 fastest, so that neighbouring threads
+// touch neighbouring addresses along the axis the caller puts first. Each thread reads kCopyBatch
+// points before it writes any, so that as many loads are in flight at once (a loop of single
+// load-then-store steps waits out the memory latency for every element). A batch's points past
+// the end read the batch's first point again instead, and ``read`` is meant to load
+// unconditionally (clamping what it addresses), so that no branch separates the loads.
+constexpr int kCopyBatch = 4;
+
+template <typename A, typename Read, typename Write>
+STTR_HD void copy_box(int n0, int n1, int n2, const BlockContext& ctx, Read read, Write write) {
   const int total = n0 * n1 * n2;
   BoxWalk walk(ctx.thread, ctx.threads, n0, n1);
 #pragma unroll 1
-  for (int e = ctx.thread; e < total; e += ctx.threads, walk.advance()) body(walk.i0, walk.i1, walk.i2);
+  for (int e = ctx.thread; e < total; e += kCopyBatch * ctx.threads) {
+    A values[kCopyBatch];
+    int points[kCopyBatch][3];
+#pragma unroll
+    for (int k = 0; k < kCopyBatch; ++k, walk.advance()) {
+      const bool inside = e + k * ctx.threads < total;
+      points[k][0] = inside ? walk.i0 : points[0][0];
+      points[k][1] = inside ? walk.i1 : points[0][1];
+      points[k][2] = inside ? walk.i2 : points[0][2];
+      values[k] = read(points[k][0], points[k][1], points[k][2]);
+    }
+#pragma unroll
+    for (int k = 0; k < kCopyBatch; ++k) {
+      if (e + k * ctx.threads < total) write(points[k][0], points[k][1], points[k][2], values[k]);
+    }
+  }
 }
 
 // How many phases a kernel runs: fixed (Kernel::kPhases > 0) or set by the problem.

@@ -100,46 +100,58 @@ struct SpatialBlock {
     }
   }
 
-  // Channels [first, first + dims) of the block's frames into ``tile`` (rows f·V + joint), the
-  // frame or the joint axis fastest, whichever has the smaller stride; missing frames read 0.
+  // A copy over (frame, joint, channel) with the frame or the joint axis fastest, whichever has
+  // the smaller stride in ``x``.
+  template <typename Read, typename Write>
+  STTR_HD void copy_frames(const Strided& x, int dims, const BlockContext& ctx, Read read, Write write) const {
+    if (x.stride_t <= x.stride_v) {
+      copy_box<A>(l.F, l.V, dims, ctx, read, write);
+    } else {
+      copy_box<A>(
+          l.V, l.F, dims, ctx, [&](int joint, int frame, int c) { return read(frame, joint, c); },
+          [&](int joint, int frame, int c, A value) { write(frame, joint, c, value); });
+    }
+  }
+
+  // Channels [first, first + dims) of the block's frames into ``tile`` (rows f·V + joint);
+  // missing frames read 0.
   STTR_HD void load_tile(const Strided& x, int slot, int first, int dims, int row_pitch, A* tile,
                          const BlockContext& ctx) const {
     const int64_t* base = bases + slot * l.F;
-    auto body = [&](int frame, int joint, int c) {
-      tile[(frame * l.V + joint) * row_pitch + c] =
-          frame < valid_frames
-              ? load_element<A>(x, base[frame] + joint * x.stride_v + (first + c) * x.stride_c)
-              : A(0);
-    };
-    if (x.stride_t <= x.stride_v) {
-      walk_box(l.F, l.V, dims, ctx, body);
-    } else {
-      walk_box(l.V, l.F, dims, ctx, [&](int joint, int frame, int c) { body(frame, joint, c); });
-    }
+    with_typed_data(x, [&](const auto* data) {
+      copy_frames(
+          x, dims, ctx,
+          [&](int frame, int joint, int c) {
+            const int existing = frame < valid_frames ? frame : valid_frames - 1;
+            const A value = load_typed<A>(data, base[existing] + joint * x.stride_v + (first + c) * x.stride_c);
+            return frame < valid_frames ? value : A(0);
+          },
+          [&](int frame, int joint, int c, A value) { tile[(frame * l.V + joint) * row_pitch + c] = value; });
+    });
   }
 
   STTR_HD void store_tile(const Strided& x, int slot, int first, int dims, int row_pitch, const A* tile,
                           const BlockContext& ctx) const {
     const int64_t* base = bases + slot * l.F;
-    auto body = [&](int frame, int joint, int c) {
-      if (frame < valid_frames) {
-        store_element<A>(x, base[frame] + joint * x.stride_v + (first + c) * x.stride_c,
-                            tile[(frame * l.V + joint) * row_pitch + c]);
-      }
-    };
-    if (x.stride_t <= x.stride_v) {
-      walk_box(l.F, l.V, dims, ctx, body);
-    } else {
-      walk_box(l.V, l.F, dims, ctx, [&](int joint, int frame, int c) { body(frame, joint, c); });
-    }
+    with_typed_data(x, [&](auto* data) {
+      copy_frames(
+          x, dims, ctx, [&](int frame, int joint, int c) { return tile[(frame * l.V + joint) * row_pitch + c]; },
+          [&](int frame, int joint, int c, A value) {
+            if (frame < valid_frames) store_typed(data, base[frame] + joint * x.stride_v + (first + c) * x.stride_c, value);
+          });
+    });
   }
 
   // The key mask of the block's frames as 0/1 (all 1 without DropAttention), read once per key.
   STTR_HD void load_mask(const Problem& p, const BlockContext& ctx) const {
-    walk_box(l.V, l.F, 1, ctx, [&](int joint, int frame, int) {
-      const int64_t key = ((frame0 + frame) * p.H + head) * p.V + joint;
-      mask[frame * l.V + joint] = frame >= valid_frames ? A(0) : p.keep ? A(p.keep[key] ? 1 : 0) : A(1);
-    });
+    copy_box<A>(
+        l.V, l.F, 1, ctx,
+        [&](int joint, int frame, int) {
+          const int existing = frame < valid_frames ? frame : valid_frames - 1;
+          const A value = p.keep ? A(p.keep[((frame0 + existing) * p.H + head) * p.V + joint] ? 1 : 0) : A(1);
+          return frame < valid_frames ? value : A(0);
+        },
+        [&](int joint, int frame, int, A value) { mask[frame * l.V + joint] = value; });
   }
 };
 

@@ -84,32 +84,44 @@ struct TemporalBlock {
                          const Problem& p, const BlockContext& ctx) const {
     const int valid = tile_rows(p, tile);
     const int64_t t0 = tile * kKeyTile;
-    auto body = [&](int row, int c) {
-      rows[row * row_pitch + c] = row < valid ? load_element<A>(x, offset(x, t0 + row, first + c)) : A(0);
-    };
-    if (x.stride_t <= x.stride_c) {
-      walk_box(kKeyTile, dims, 1, ctx, [&](int row, int c, int) { body(row, c); });
-    } else {
-      walk_box(dims, kKeyTile, 1, ctx, [&](int c, int row, int) { body(row, c); });
-    }
+    with_typed_data(x, [&](const auto* data) {
+      auto read = [&](int row, int c) {
+        const A value = load_typed<A>(data, offset(x, t0 + (row < valid ? row : valid - 1), first + c));
+        return row < valid ? value : A(0);
+      };
+      auto write = [&](int row, int c, A value) { rows[row * row_pitch + c] = value; };
+      if (x.stride_t <= x.stride_c) {
+        copy_box<A>(
+            kKeyTile, dims, 1, ctx, [&](int row, int c, int) { return read(row, c); },
+            [&](int row, int c, int, A value) { write(row, c, value); });
+      } else {
+        copy_box<A>(
+            dims, kKeyTile, 1, ctx, [&](int c, int row, int) { return read(row, c); },
+            [&](int c, int row, int, A value) { write(row, c, value); });
+      }
+    });
   }
 };
 
 template <typename A, int D, bool EXACT>
 STTR_HD void load_global_row(A (&x)[D], const Strided& tensor, int64_t base, int first, int dims) {
+  with_typed_data(tensor, [&](const auto* data) {
 #pragma unroll
-  for (int c = 0; c < D; ++c) {
-    x[c] = live<EXACT>(c, dims) ? load_element<A>(tensor, base + static_cast<int64_t>(first + c) * tensor.stride_c)
-                                : A(0);
-  }
+    for (int c = 0; c < D; ++c) {
+      x[c] = live<EXACT>(c, dims) ? load_typed<A>(data, base + static_cast<int64_t>(first + c) * tensor.stride_c)
+                                  : A(0);
+    }
+  });
 }
 
 template <typename A, int D, bool EXACT>
 STTR_HD void store_global_row(const A (&x)[D], A scale, const Strided& tensor, int64_t base, int first, int dims) {
+  with_typed_data(tensor, [&](auto* data) {
 #pragma unroll
-  for (int c = 0; c < D; ++c) {
-    if (live<EXACT>(c, dims)) store_element<A>(tensor, base + static_cast<int64_t>(first + c) * tensor.stride_c, x[c] * scale);
-  }
+    for (int c = 0; c < D; ++c) {
+      if (live<EXACT>(c, dims)) store_typed(data, base + static_cast<int64_t>(first + c) * tensor.stride_c, x[c] * scale);
+    }
+  });
 }
 
 // Forward: an online softmax over key tiles. Per tile a thread computes its kKeyTile scores into
