@@ -15,9 +15,9 @@ inside the timing. Peers, same shapes, same run:
 
 Cases: on CUDA, ST-TR's layer shapes as the cost model counts them (N' = 64: 32 clips x 2 persons;
 docs/cost-model.md §5), bf16 and fp32, four modes (forward and forward+backward, DropAttention on
-and off). ``STTR_BENCH_SET=full`` runs every layer and every SDPA backend; the default ``quick``
-set keeps the largest and the smallest spatial layer and both temporal ones, and the SDPA backends
-that take a mask. On the CPU, one small layer per core with the backends that run there.
+and off). ``STTR_BENCH_SET=full`` runs every layer, mode and SDPA backend; the default ``quick``
+set, sized for the six-minute GPU script, keeps the largest and the smallest spatial layer and both
+temporal ones, inference and training (with DropAttention), and the SDPA backends that take a mask. On the CPU, one small layer per core with the backends that run there.
 
 Beside each CUDA row: ``bound_ms``, the time the cost model's minimum bytes and exponentials
 (bench/results/cost-model-sm90.json, the launchers' first configs, which is what
@@ -52,6 +52,7 @@ MODES = {"inference": (0.0, False), "forward with DropAttention": (0.5, False),
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 SDPA_BACKENDS = {"cuda": ("efficient", "cudnn", "flash", "math"), "cpu": ("math", "flash")}
 QUICK_SDPA = ("efficient", "cudnn")
+QUICK_MODES = ("inference", "training")
 OPS = {"spatial": ops.spatial_attention, "temporal": ops.temporal_attention}
 
 
@@ -59,7 +60,6 @@ OPS = {"spatial": ops.spatial_attention, "temporal": ops.temporal_attention}
 class Layer:
     """One layer's core problem: N' sequences-batches of T frames, head dims before the streams'
     doubling (joints+bones has twice the channels, so twice the per-head dims)."""
-    name: str      # the cost model's layer name for joints, e.g. "J300 4/16"
     batch: int     # N'
     frames: int    # T of the core's input (TSA: T' after the stride)
     dkh: int
@@ -68,12 +68,11 @@ class Layer:
 
 
 CUDA_LAYERS = {
-    "spatial": [Layer("300 4/16", 64, 300, 4, 16, True), Layer("150 4/16", 64, 150, 4, 16, False),
-                Layer("150 8/32", 64, 150, 8, 32, False), Layer("75 8/32", 64, 75, 8, 32, True)],
-    "temporal": [Layer("150 4/16", 64, 150, 4, 16, True), Layer("75 8/32", 64, 75, 8, 32, True)],
+    "spatial": [Layer(64, 300, 4, 16, True), Layer(64, 150, 4, 16, False), Layer(64, 150, 8, 32, False),
+                Layer(64, 75, 8, 32, True)],
+    "temporal": [Layer(64, 150, 4, 16, True), Layer(64, 75, 8, 32, True)],
 }
-CPU_LAYERS = {"spatial": [Layer("32 4/16", 4, 32, 4, 16, True)],
-              "temporal": [Layer("75 8/32", 4, 75, 8, 32, True)]}
+CPU_LAYERS = {"spatial": [Layer(4, 32, 4, 16, True)], "temporal": [Layer(4, 75, 8, 32, True)]}
 
 
 @dataclass(frozen=True)
@@ -123,6 +122,8 @@ def cases(op: str) -> list[Case]:
                     continue
                 for streams in (1, 2):
                     for mode in MODES:
+                        if device == "cuda" and BENCH_SET != "full" and mode not in QUICK_MODES:
+                            continue
                         found += [Case(op, device, layer, streams, dtype, mode, implementation)
                                   for implementation in implementations(device, dtype)]
     return found
@@ -215,17 +216,18 @@ def cost_model_bound(case: Case, rates: dict) -> dict | None:
     """The case's bound at the measured rates and the cost model's prediction, or None when the
     cost model has no row for it (another batch or layer)."""
     p, backward = MODES[case.mode]
-    prefix = "JB" if case.streams == 2 else "J"
-    layer = f"{prefix}{case.layer.name}"
+    layer = case.layer
+    name = (f"{'JB' if case.streams == 2 else 'J'}{layer.frames} {layer.dkh * case.streams}/"
+            f"{layer.dvh * case.streams}")
     kernels = [(k, case.dtype, p > 0) for k in _KERNELS[(case.op, backward)]]
     if p > 0:
         kernels.append((f"{case.op}_key_mask", "bool", True))
     rows = _cost_model_rows()
     try:
-        chosen = [rows[(kernel, layer, dtype, drop)] for kernel, dtype, drop in kernels]
+        chosen = [rows[(kernel, name, dtype, drop)] for kernel, dtype, drop in kernels]
     except KeyError:
         return None
-    if case.layer.batch != 64:
+    if layer.batch != 64:
         return None
     bound = sum(1e3 * max(row["bytes"] / rates["bytes_per_s"], row["exps"] / rates["exp_per_s"])
                 for row in chosen)

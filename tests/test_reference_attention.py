@@ -270,3 +270,21 @@ def test_modules_reject_a_device_mix():
 def test_constructor_arguments_are_refused_by_their_names(build, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         build()
+
+
+def test_long_sequences_on_the_cpu_take_padded_sdpa_and_compute_the_same(seed):
+    """From CPU_SDPA_MIN_LENGTH tokens the default path is SDPA with q and k zero-padded to v's
+    head dim; it must equal the explicit path, output and gradient."""
+    _, explicit, _ = OPS["temporal"]
+    length = reference.CPU_SDPA_MIN_LENGTH
+    qkv, dk, dv = random_qkv(2, length, 3, 2, 2, 5, generator=torch.Generator().manual_seed(seed))
+    assert reference._prefer_sdpa(qkv.device, length) and not reference._prefer_sdpa(qkv.device, length - 1)
+    fast = qkv.detach().clone().requires_grad_(True)
+    plain = qkv.detach().clone().requires_grad_(True)
+    out = reference.temporal_attention(fast, 2, dk, dv)
+    expected = explicit(plain, None, 2, dk, dv)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(seed + 1))
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(fast.grad, plain.grad, rtol=1e-11, atol=1e-11)

@@ -3,8 +3,14 @@
 Both cores read q, k, v as strided views of the qkv projection output ``(N', 2*dk + dv, T, V)``
 (heads are contiguous channel chunks, docs/network.md §5) and return the head-concatenated output
 ``(N', dv, T, V)``. Only the two transposes that batched matmul needs are materialised.
+
+``record_attention()`` makes every core call while it is active keep its attention probabilities
+(what ``sttr visualize`` draws).
 """
 from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +22,37 @@ DROP_ATTENTION_EPS = 1e-8
 # Axis orders that turn a (N', H, d, T, V) head view into (N', sequence, H, L, d).
 _SPATIAL_ORDER = (0, 3, 1, 4, 2)   # sequences are frames, tokens are joints
 _TEMPORAL_ORDER = (0, 4, 1, 3, 2)  # sequences are joints, tokens are frames
+
+
+class AttentionRecord(NamedTuple):
+    """The attention probabilities of one core call. ``kind`` "spatial": (N', T, H, V, V), every
+    frame's joints (query, key); "temporal": (N', V, H, T, T), every joint's frames (query, key)."""
+    kind: str
+    probabilities: torch.Tensor
+
+
+# The list that core calls append to while record_attention() is active; None otherwise, so the
+# default path costs one comparison.
+_records: list[AttentionRecord] | None = None
+
+
+@contextlib.contextmanager
+def record_attention():
+    """While active, every ``ops.spatial_attention`` / ``ops.temporal_attention`` call runs on this
+    reference path, whichever backend it asks for, and appends an ``AttentionRecord`` of the
+    probabilities it applied (softmax(QK^T / sqrt(d)), after DropAttention if a key mask is used;
+    in eval mode there is none) to the list it yields, in call order. Not thread-safe: one
+    recording per process at a time."""
+    global _records
+    previous, _records = _records, []
+    try:
+        yield _records
+    finally:
+        _records = previous
+
+
+def recording() -> bool:
+    return _records is not None
 
 
 def drop_attention(probs: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -49,33 +86,54 @@ def _head_views(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, order: tupl
     return q, k, val
 
 
-def _prefer_sdpa(device: torch.device) -> bool:
+# Sequences at least this long run through SDPA on the CPU (see _prefer_sdpa).
+CPU_SDPA_MIN_LENGTH = 128
+
+
+def _prefer_sdpa(device: torch.device, length: int) -> bool:
     # Without DropAttention the core is plain softmax attention, which SDPA computes without
-    # materialising the L x L probabilities. On the CPU, with ST-TR's head dims of 4-16, its flash
-    # kernel measured 1.2-2.0x slower than the explicit path (bench/bench_reference_core.py), so it
-    # is used on CUDA only, where it also saves the L x L memory.
-    return device.type == "cuda"
+    # materialising the L x L probabilities: on CUDA always (it also saves the L x L memory); on
+    # the CPU its flash kernel beats the explicit path on long sequences (T-TR's L = 150 and 300)
+    # and loses on short ones (L <= 75 and the 25-joint SSA; bench/bench_reference_core.py).
+    return device.type == "cuda" or length >= CPU_SDPA_MIN_LENGTH
 
 
 def _attend(q, k, v, key_mask, use_sdpa: bool | None):
     """Attention over the last-but-one axis of (..., L, d) views, with optional DropAttention.
 
-    ``use_sdpa=None`` lets the device decide; SDPA is only ever used without a key mask.
+    ``use_sdpa=None`` lets the device and the length decide; SDPA is only ever used without a
+    key mask.
     """
     scale = q.shape[-1] ** -0.5
     if use_sdpa is None:
-        use_sdpa = _prefer_sdpa(q.device)
+        use_sdpa = _prefer_sdpa(q.device, q.shape[-2])
     if key_mask is None and use_sdpa:
-        # The CPU flash kernel takes 4-D inputs only; a 5-D call falls back to the L x L math path.
+        # The CPU flash kernel takes 4-D inputs only (a 5-D call falls back to the L x L math
+        # path) and equal head dims for q, k and v: zero-padding q and k to v's leaves QKᵀ as is.
         flat = [x.reshape(-1, *x.shape[-3:]) for x in (q, k, v)]
+        if q.device.type == "cpu" and q.shape[-1] < v.shape[-1]:
+            flat[:2] = [F.pad(x, (0, v.shape[-1] - q.shape[-1])) for x in flat[:2]]
         return F.scaled_dot_product_attention(*flat, scale=scale).view(*q.shape[:-1], v.shape[-1])
-    probs = torch.softmax(torch.matmul(q * scale, k.transpose(-1, -2)), dim=-1)
+    probs = _probabilities(q, k)
     if key_mask is None:
         return torch.matmul(probs, v)
     # drop_attention(probs, key_mask) @ v, with the row normalisation moved past the product so
     # that it divides L x d values instead of L x L.
     kept = probs * key_mask.unsqueeze(-2).to(probs.dtype)
     return (torch.matmul(kept, v) / _renormaliser(kept)).to(v.dtype)
+
+
+def _probabilities(q, k):
+    return torch.softmax(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)), dim=-1)
+
+
+def _attend_recorded(q, k, v, key_mask, kind: str):
+    """``_attend`` with the probabilities materialised and appended to the active recording."""
+    probs = _probabilities(q, k)
+    if key_mask is not None:
+        probs = drop_attention(probs, key_mask)
+    _records.append(AttentionRecord(kind, probs.detach()))
+    return torch.matmul(probs, v)
 
 
 def _merge_heads(out: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
@@ -88,6 +146,9 @@ def _merge_heads(out: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
 
 def _core(qkv, num_heads, dk, dv, key_mask, use_sdpa, order):
     q, k, v = _head_views(qkv, num_heads, dk, dv, order)
+    if _records is not None:
+        kind = "spatial" if order == _SPATIAL_ORDER else "temporal"
+        return _merge_heads(_attend_recorded(q, k, v, key_mask, kind), order)
     return _merge_heads(_attend(q, k, v, key_mask, use_sdpa), order)
 
 

@@ -1,0 +1,43 @@
+"""Fast inference (sttr_fast/inference.py) against the float32 eager model it starts from: S-TR and
+T-TR, joints, a batch of 4 clips of 300 frames, on the CPU (where many users run inference) and on
+CUDA. ``reference`` is the eager float32 model on the reference backend, which runs at the
+authors' code's speed; the other rows are ``InferenceModel`` variants: BatchNorms folded, then
+bf16 autocast, then ``torch.compile`` (its cold compile is outside the timing).
+
+    python -m pytest bench/bench_inference.py --benchmark-only --benchmark-json out.json
+"""
+import pytest
+import torch
+
+from measure import backend_unavailable, record
+from sttr_fast import STTR
+from sttr_fast.inference import InferenceModel
+
+CLIPS, FRAMES = 4, 300
+VARIANTS = {"reference": None, "folded fp32": dict(precision="fp32"),
+            "folded bf16": dict(precision="bf16"), "folded bf16 compiled": dict(precision="bf16", compile=True)}
+CASES = [(device, stream, variant) for device in ("cpu", "cuda") for stream in ("spatial", "temporal")
+         for variant in VARIANTS]
+
+
+@pytest.mark.parametrize("case", CASES, ids=["-".join(case).replace(" ", "-") for case in CASES])
+def bench_inference(benchmark, case):
+    device, stream, variant = case
+    reason = backend_unavailable("reference", device, True)
+    if reason:
+        pytest.skip(reason)
+    target = torch.device(device)
+    torch.manual_seed(0)
+    model = STTR(num_classes=60, stream=stream, backend="reference").eval()
+    options = VARIANTS[variant]
+    run = (lambda x: model.to(target)(x)) if options is None else InferenceModel(model, target, **options)
+    x = torch.randn(CLIPS, 3, FRAMES, 25, 2, generator=torch.Generator().manual_seed(0)).to(target)
+
+    def step(inputs):
+        with torch.inference_mode():
+            return run(inputs)
+
+    name = {"spatial": "S-TR", "temporal": "T-TR"}[stream]
+    group = f"{name}, joints, N={CLIPS} T={FRAMES}, inference [{device}]"
+    record(benchmark, step, [x], target, group, "reference" if options is None else variant, "inference",
+           rounds=5, model=name)
