@@ -101,8 +101,12 @@ def w(tmp_path_factory):
     busy = root / "busy"
     busy.mkdir()
     (busy / LOCK_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    elsewhere = root / "elsewhere"  # locked by a run on another machine sharing the folder
+    elsewhere.mkdir()
+    (elsewhere / LOCK_FILE).write_text(f"4242 {socket.gethostname()}-other\n")
     return SimpleNamespace(root=root, run=run, bad=bad, xsub=xsub, labels=root / "val_label.pkl",
-                           scores=run / "scores.pkl", fresh=root / "fresh", busy=busy)
+                           scores=run / "scores.pkl", fresh=root / "fresh", busy=busy,
+                           elsewhere=elsewhere)
 
 
 @dataclass
@@ -134,6 +138,11 @@ CASES = {
     "train into a work dir in use": Case(
         lambda w: train_args(w.busy),
         [lambda w: f"{w.busy} is in use by another sttr train (pid {os.getpid()})"]),
+    "train into a work dir locked on another host": Case(
+        lambda w: train_args(w.elsewhere),
+        [lambda w: f"{w.elsewhere} is in use by another sttr train (pid 4242 on host "
+                   f"{socket.gethostname()}-other, which cannot be checked from here; if no run is "
+                   f"going on there, delete {w.elsewhere / LOCK_FILE})"]),
     "train with a missing data file": Case(
         lambda w: train_args(w.fresh, *agcn_files(w, train_data=w.root / "nowhere_data_joint.npy")),
         [lambda w: f"data.train_data: {w.root / 'nowhere_data_joint.npy'} does not exist",
@@ -337,7 +346,7 @@ def fingerprint(root: Path) -> dict[str, str]:
 
 def test_the_table_covers_every_command_thirty_times_over():
     commands = {case.command(SimpleNamespace(**{k: Path("x") for k in (
-        "root", "run", "bad", "xsub", "labels", "scores", "fresh", "busy")}))[0]
+        "root", "run", "bad", "xsub", "labels", "scores", "fresh", "busy", "elsewhere")}))[0]
         for case in CASES.values()}
     assert commands == {"train", "test", "ensemble", "prepare", "import-checkpoint", "bench"}
     assert len(CASES) >= 30
