@@ -26,10 +26,6 @@ inline int round_up_to_warp(int threads) { return (threads + 31) / 32 * 32; }
 // Shared memory a spatial block may use: enough for the backward's five tiles of two 25-joint
 // frames at 16/64 (the largest ST-TR head split), and three blocks per SM on sm_90.
 constexpr size_t kSpatialSharedBudget = 64 * 1024;
-// Threads per spatial block to aim for: 5 frames of 25 joints fill 125 of 128 lanes.
-constexpr int kSpatialThreads = 128;
-// Threads per temporal block at most; longer sequences are split into chunks of equal size.
-constexpr int kTemporalThreads = 256;
 
 // Spatial: as many whole frames as fill kSpatialThreads lanes, fewer where their tiles would
 // exceed the shared-memory budget; blocks = frame groups × heads, heads fastest.

@@ -15,6 +15,9 @@
 
 namespace sttr {
 
+// Threads per spatial block to aim for (and at most): 5 frames of 25 joints fill 125 of 128 lanes.
+constexpr int kSpatialThreads = 128;
+
 // Where a spatial block keeps its tiles in shared memory: F frames of V joints, rows (f·V + joint)
 // with odd pitches. ``bases`` holds, per tensor slot and frame, the offset of frame (n', t).
 struct SpatialLayout {
@@ -253,7 +256,7 @@ struct SpatialForward {
   struct Registers {
     A out[DV];
   };
-  static constexpr int kMaxThreads = 128;
+  static constexpr int kMaxThreads = kSpatialThreads;
   static constexpr int kPhases = 5;
 
   STTR_HD static void phase(int step, const Problem& p, const BlockContext& ctx, Registers& r) {
@@ -319,7 +322,7 @@ struct SpatialBackward {
   struct Registers {
     A dq[DK], dk[DK], dv[DV];
   };
-  static constexpr int kMaxThreads = 128;
+  static constexpr int kMaxThreads = kSpatialThreads;
   static constexpr int kPhases = 6;
 
   STTR_HD static void phase(int step, const Problem& p, const BlockContext& ctx, Registers& r) {

@@ -15,6 +15,8 @@
 namespace sttr {
 
 constexpr int kKeyTile = 32;
+// Threads (tokens) per temporal block at most; longer sequences are split into chunks (dispatch.h).
+constexpr int kTemporalThreads = 256;
 
 // Shared memory of a temporal block: two buffers of kKeyTile rows of ``a_dims`` and ``b_dims``
 // channels and two per-row values (the mask, or Λ and D).
@@ -124,9 +126,9 @@ STTR_HD void store_global_row(const A (&x)[D], A scale, const Strided& tensor, i
   });
 }
 
-// Forward: an online softmax over key tiles. Per tile a thread computes its kKeyTile scores into
-// registers, moves its running maximum once (one exponential per tile to rescale), then takes one
-// exponential per score; the denominator accumulates Σ a·(m + 1e-8) = K + 1e-8·L and the output
+// Forward: an online softmax over key tiles. Per tile a thread finds its scores' maximum, moves
+// its running maximum once (one exponential per tile to rescale), then takes one exponential per
+// score; the denominator accumulates Σ a·(m + 1e-8) = K + 1e-8·L and the output
 // Σ m·a·v, relative to the running maximum over all keys (docs/kernels.md §8: accumulated in
 // float32, kept weights relative to a dropped maximum are lost only below 2^-126).
 template <typename A, int DK, int DV, bool EXACT>
@@ -137,7 +139,7 @@ struct TemporalForward {
     A q[DK], acc[DV];
     A row_max, denominator;
   };
-  static constexpr int kMaxThreads = 256;
+  static constexpr int kMaxThreads = kTemporalThreads;
   static constexpr int kPhases = 0;  // one per key tile, and one more
   STTR_HD static int phases(const Problem& p) { return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile) + 1; }
 
@@ -216,7 +218,7 @@ struct TemporalBackwardQuery {
     A q[DK], dout[DV], dq[DK];
     A statistic_log2, d;
   };
-  static constexpr int kMaxThreads = 256;
+  static constexpr int kMaxThreads = kTemporalThreads;
   static constexpr int kPhases = 0;  // one per key tile, and one more
   STTR_HD static int phases(const Problem& p) { return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile) + 1; }
 
@@ -273,7 +275,7 @@ struct TemporalBackwardKey {
     A k[DK], v[DV], dk[DK], dv[DV];
     A keep;
   };
-  static constexpr int kMaxThreads = 256;
+  static constexpr int kMaxThreads = kTemporalThreads;
   static constexpr int kPhases = 0;  // one per key tile, and one more
   STTR_HD static int phases(const Problem& p) { return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile) + 1; }
 
