@@ -103,58 +103,59 @@ struct SpatialBlock {
     }
   }
 
-  // A copy over (frame, joint, channel) with the frame or the joint axis fastest, whichever has
-  // the smaller stride in ``x``.
-  template <typename Read, typename Write>
-  STTR_HD void copy_frames(const Strided& x, int dims, const BlockContext& ctx, Read read, Write write) const {
+  // The copies give each thread one (frame, joint) row of the block, as the computing phases do,
+  // but numbered with the frame or the joint fastest, whichever has the smaller stride in ``x``,
+  // so that neighbouring threads touch neighbouring addresses. A thread then walks its row's
+  // channels with one pointer: a few instructions per element, its loads all in flight together
+  // (the channel loop is unrolled in the exact instantiations). Rows of missing frames read the
+  // last existing frame, unconditionally, and are zeroed (loads) or skipped (stores).
+  STTR_HD bool copy_row(const Strided& x, const BlockContext& ctx, int& frame, int& joint) const {
     if (x.stride_t <= x.stride_v) {
-      copy_box<A>(l.F, l.V, dims, ctx, read, write);
+      frame = ctx.thread % l.F;
+      joint = ctx.thread / l.F;
     } else {
-      copy_box<A>(
-          l.V, l.F, dims, ctx, [&](int joint, int frame, int c) { return read(frame, joint, c); },
-          [&](int joint, int frame, int c, A value) { write(frame, joint, c, value); });
+      joint = ctx.thread % l.V;
+      frame = ctx.thread / l.V;
     }
+    return ctx.thread < l.F * l.V;
   }
 
-  // Channels [first, first + dims) of the block's frames into ``tile`` (rows f·V + joint);
-  // missing frames read 0.
+  // Channels [first, first + dims) of the block's frames into ``tile`` (rows f·V + joint).
   STTR_HD void load_tile(const Strided& x, int slot, int first, int dims, int row_pitch, A* tile,
                          const BlockContext& ctx) const {
-    const int64_t* base = bases + slot * l.F;
+    int frame, joint;
+    if (!copy_row(x, ctx, frame, joint)) return;
+    const int existing = frame < valid_frames ? frame : valid_frames - 1;
+    const int64_t offset = bases[slot * l.F + existing] + joint * x.stride_v + first * x.stride_c;
+    A* row = tile + (frame * l.V + joint) * row_pitch;
     with_typed_data(x, [&](const auto* data) {
-      copy_frames(
-          x, dims, ctx,
-          [&](int frame, int joint, int c) {
-            const int existing = frame < valid_frames ? frame : valid_frames - 1;
-            const A value = load_typed<A>(data, base[existing] + joint * x.stride_v + (first + c) * x.stride_c);
-            return frame < valid_frames ? value : A(0);
-          },
-          [&](int frame, int joint, int c, A value) { tile[(frame * l.V + joint) * row_pitch + c] = value; });
+      const auto* element = data + offset;
+#pragma unroll
+      for (int c = 0; c < dims; ++c, element += x.stride_c) {
+        const A value = load_typed<A>(element, 0);
+        row[c] = frame < valid_frames ? value : A(0);
+      }
     });
   }
 
   STTR_HD void store_tile(const Strided& x, int slot, int first, int dims, int row_pitch, const A* tile,
                           const BlockContext& ctx) const {
-    const int64_t* base = bases + slot * l.F;
+    int frame, joint;
+    if (!copy_row(x, ctx, frame, joint) || frame >= valid_frames) return;
+    const A* row = tile + (frame * l.V + joint) * row_pitch;
     with_typed_data(x, [&](auto* data) {
-      copy_frames(
-          x, dims, ctx, [&](int frame, int joint, int c) { return tile[(frame * l.V + joint) * row_pitch + c]; },
-          [&](int frame, int joint, int c, A value) {
-            if (frame < valid_frames) store_typed(data, base[frame] + joint * x.stride_v + (first + c) * x.stride_c, value);
-          });
+      auto* element = data + bases[slot * l.F + frame] + joint * x.stride_v + first * x.stride_c;
+#pragma unroll
+      for (int c = 0; c < dims; ++c, element += x.stride_c) store_typed(element, 0, row[c]);
     });
   }
 
   // The key mask of the block's frames as 0/1 (all 1 without DropAttention), read once per key.
   STTR_HD void load_mask(const Problem& p, const BlockContext& ctx) const {
-    copy_box<A>(
-        l.V, l.F, 1, ctx,
-        [&](int joint, int frame, int) {
-          const int existing = frame < valid_frames ? frame : valid_frames - 1;
-          const A value = p.keep ? A(p.keep[((frame0 + existing) * p.H + head) * p.V + joint] ? 1 : 0) : A(1);
-          return frame < valid_frames ? value : A(0);
-        },
-        [&](int joint, int frame, int, A value) { mask[frame * l.V + joint] = value; });
+    if (ctx.thread >= l.F * l.V) return;
+    const int frame = ctx.thread / l.V, joint = ctx.thread - frame * l.V;
+    const int64_t key = ((frame0 + frame) * p.H + head) * p.V + joint;
+    mask[ctx.thread] = frame >= valid_frames ? A(0) : p.keep ? A(p.keep[key] ? 1 : 0) : A(1);
   }
 };
 
