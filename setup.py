@@ -75,7 +75,10 @@ setup(
         "triton>=3.6; platform_system == 'Linux'",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-benchmark>=4"],
+        # sttr export --format onnx, and the tests that run its output in onnxruntime
+        "export": ["onnx>=1.18", "onnxscript>=0.5", "onnxruntime>=1.22"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "onnx>=1.18", "onnxscript>=0.5",
+                "onnxruntime>=1.22"],
     },
     entry_points={"console_scripts": ["sttr = sttr_fast.cli:main"]},
 )
