@@ -81,28 +81,47 @@ struct TemporalBlock {
     return left < kKeyTile ? static_cast<int>(left) : kKeyTile;
   }
 
-  // Channels [first, first + dims) of the tile's tokens into rows of ``tile``; missing tokens read 0.
+  // Channels [first, first + dims) of the tile's tokens into rows of ``tile``; missing tokens read
+  // the last existing one, unconditionally, and are zeroed. Where tokens have the smaller stride
+  // (the modules' layout, the contiguous one), thread t takes token t % kKeyTile and every
+  // (threads / kKeyTile)-th channel from t / kKeyTile on, kCopyBatch loads in flight: a warp
+  // reads 32 neighbouring tokens of a channel, a few instructions per element. Where channels
+  // have it (channels_last), copy_box puts neighbouring threads on neighbouring channels.
   STTR_HD void load_tile(const Strided& x, int64_t tile, int first, int dims, int row_pitch, A* rows,
                          const Problem& p, const BlockContext& ctx) const {
     const int valid = tile_rows(p, tile);
     const int64_t t0 = tile * kKeyTile;
     with_typed_data(x, [&](const auto* data) {
-      auto read = [&](int row, int c) {
-        const A value = load_typed<A>(data, offset(x, t0 + (row < valid ? row : valid - 1), first + c));
-        return row < valid ? value : A(0);
-      };
-      auto write = [&](int row, int c, A value) { rows[row * row_pitch + c] = value; };
       if (x.stride_t <= x.stride_c) {
-        copy_box<A>(
-            kKeyTile, dims, 1, ctx, [&](int row, int c, int) { return read(row, c); },
-            [&](int row, int c, int, A value) { write(row, c, value); });
-      } else {
-        copy_box<A>(
-            dims, kKeyTile, 1, ctx, [&](int c, int row, int) { return read(row, c); },
-            [&](int c, int row, int, A value) { write(row, c, value); });
+        const int row = ctx.thread % kKeyTile, group = ctx.thread / kKeyTile, groups = ctx.threads / kKeyTile;
+        const auto* token = data + offset(x, t0 + (row < valid ? row : valid - 1), first);
+        A* out = rows + row * row_pitch;
+        // kCopyBatch loads before any store, channels past the end reloading the batch's first.
+#pragma unroll 1
+        for (int c0 = group; c0 < dims; c0 += kCopyBatch * groups) {
+          A values[kCopyBatch];
+#pragma unroll
+          for (int k = 0; k < kCopyBatch; ++k) {
+            const int c = c0 + k * groups;
+            values[k] = load_typed<A>(token, static_cast<int64_t>(c < dims ? c : c0) * x.stride_c);
+          }
+#pragma unroll
+          for (int k = 0; k < kCopyBatch; ++k) {
+            if (c0 + k * groups < dims) out[c0 + k * groups] = row < valid ? values[k] : A(0);
+          }
+        }
+        return;
       }
+      copy_box<A>(
+          dims, kKeyTile, 1, ctx,
+          [&](int c, int row, int) {
+            const A value = load_typed<A>(data, offset(x, t0 + (row < valid ? row : valid - 1), first + c));
+            return row < valid ? value : A(0);
+          },
+          [&](int c, int row, int, A value) { rows[row * row_pitch + c] = value; });
     });
   }
+
 };
 
 template <typename A, int D, bool EXACT>
