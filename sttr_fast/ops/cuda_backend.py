@@ -45,7 +45,11 @@ class Unavailable(Exception):
 
 def source_dir() -> Path:
     """csrc/, installed as the package sttr_fast.csrc (setup.py)."""
-    from .. import csrc
+    try:
+        from .. import csrc
+    except ImportError as error:  # an install made before csrc/ existed
+        raise Unavailable("the kernel sources (csrc/) are not installed with sttr_fast; reinstall it "
+                          "(pip install -e .)") from error
     return Path(csrc.__file__).parent
 
 
@@ -81,6 +85,8 @@ def _build(device: bool):
         try:
             cpp_extension.load(name=HOST_LIBRARY, sources=build_sources(False),
                                extra_cflags=_compile_flags(HOST_LIBRARY, False), is_python_module=False)
+        except Unavailable:
+            raise
         except Exception as error:  # a compiler or ninja missing, or a build error: say which
             raise Unavailable(f"the host build of csrc/ failed: {error}") from error
         return getattr(torch.ops, HOST_LIBRARY)
@@ -99,6 +105,8 @@ def _build(device: bool):
             flags = _compile_flags(DEVICE_LIBRARY, True)
             cpp_extension.load(name=DEVICE_LIBRARY, sources=build_sources(True), extra_cflags=flags,
                                extra_cuda_cflags=flags, is_python_module=False)
+    except Unavailable:
+        raise
     except Exception as error:
         raise Unavailable(f"building or loading the CUDA kernels failed: {error}") from error
     return getattr(torch.ops, DEVICE_LIBRARY)
