@@ -1,4 +1,4 @@
 """Subcommands of ``sttr``: each module has ``add_parser(subparsers)`` setting ``run``."""
-from . import bench, ensemble, export, import_checkpoint, prepare, test, train
+from . import bench, ensemble, export, import_checkpoint, predict, prepare, test, train, visualize
 
-COMMANDS = (prepare, train, test, ensemble, import_checkpoint, export, bench)
+COMMANDS = (prepare, train, test, predict, ensemble, import_checkpoint, export, visualize, bench)

@@ -9,14 +9,15 @@ Backends: ``"reference"`` (eager PyTorch, the ground truth), ``"triton"`` (fused
 ``sttr_fast.kernels``; CUDA tensors, or any under ``TRITON_INTERPRET=1``), ``"cuda"`` (the kernels
 of ``csrc/``; CUDA tensors, or CPU tensors through their host build under
 ``STTR_CUDA_HOST_BUILD=1``) and ``"auto"`` (Triton for CUDA tensors it can take, else the
-reference; it never picks ``"cuda"``, which has not yet been run on a GPU).
+reference; it never picks ``"cuda"``, which has not yet been run on a GPU). Under
+``record_attention()`` every call runs on the reference backend and keeps its probabilities.
 """
 from __future__ import annotations
 
 import torch
 
 from . import cuda_backend, reference
-from .reference import drop_attention, sample_key_mask
+from .reference import drop_attention, record_attention, sample_key_mask
 
 try:
     from . import triton_backend
@@ -24,7 +25,7 @@ except ImportError:  # no triton on this platform: the reference backend alone
     triton_backend = None
 
 __all__ = ["spatial_attention", "temporal_attention", "available_backends", "drop_attention",
-           "sample_key_mask"]
+           "record_attention", "sample_key_mask"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -117,7 +118,9 @@ def _attention(op, cores, mask_shape_of, qkv, num_heads, dk, dv, p, key_mask, ba
     mask_shape = mask_shape_of(qkv, num_heads)
     if key_mask is not None:
         _check_key_mask(op, key_mask, mask_shape, qkv)
-    chosen = _resolve_backend(op, backend, cores, qkv, num_heads, dk, dv, key_mask)
+    # reference.record_attention() needs the probabilities, which only the reference core keeps.
+    chosen = "reference" if reference.recording() else _resolve_backend(
+        op, backend, cores, qkv, num_heads, dk, dv, key_mask)
     if chosen in ("triton", "cuda"):
         return cores[chosen](qkv, num_heads, dk, dv, p)
     if key_mask is None and p > 0:
