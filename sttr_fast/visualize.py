@@ -20,7 +20,7 @@ the softmax probabilities of every attention unit. Into the output folder go:
   2 or 4 frames).
 
 ``<i>`` is the unit's index in ``STTR.units`` (``units.<i>.spatial`` in the weights). The maps are
-person 0's (the first body; the second of a two-person action is drawn but not mapped). Drawings
+the first person's (a second person is drawn in grey under the lines but not mapped). Drawings
 are a 2-D view: x to the right and up the camera axis along person 0's spine, y for raw and
 synthetic recordings, z after NTU's pre-normalisation (which turns the spine onto +z).
 """
@@ -41,7 +41,7 @@ from .predict import InputError, Predictor, class_names, find_sources, load_pred
 
 DPI = 100
 GIF_SIZE = (400, 480)          # width, height in pixels
-STRIP_SIZE = (1600, 400)
+STRIP_SIZE = (1600, 270)
 PREDICTION_SIZE = (640, 320)
 SSA_SIZE = (1800, 480)
 TSA_SIZE = (1800, 300)
