@@ -11,9 +11,9 @@ the softmax probabilities of every attention unit. Into the output folder go:
 - S-TR, per spatial self-attention unit: ``ssa_unit<i>.png`` (``SSA_SIZE``), whose top row holds
   the 25 x 25 joint-to-joint map of every head and of their mean (row: query joint, column: key
   joint; averaged over the unit's frames) and whose bottom row draws each map on the skeleton (the
-  sample's middle frame): a line between two joints for the ``LINES`` strongest pairs, thicker and
-  darker the more the two attend to each other, and each joint's dot sized by the attention it
-  receives;
+  sample's middle frame): a line between two joints for the ``LINES`` pairs that attend to each
+  other most, if above uniform attention, thicker and darker the more (on one scale for the unit's
+  heads), and each joint's dot sized by the attention it receives;
 - T-TR, per temporal self-attention unit: ``tsa_unit<i>.png`` (``TSA_SIZE``), the frame x frame
   map of one joint (``--joint``, 1-based NTU numbering, default 12: the right hand) for every head
   and their mean, on the axes of input frames (a unit of stride 2, or after one, has a token per
