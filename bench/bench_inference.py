@@ -2,7 +2,8 @@
 T-TR, joints, a batch of 4 clips of 300 frames, on the CPU (where many users run inference) and on
 CUDA. ``reference`` is the eager float32 model on the reference backend, which runs at the
 authors' code's speed; the other rows are ``InferenceModel`` variants: BatchNorms folded, then
-bf16 autocast, then ``torch.compile`` (its cold compile is outside the timing).
+bf16 autocast, then ``torch.compile`` (its cold compile, outside the timing, costs tens of seconds:
+only with ``STTR_BENCH_COMPILE=1``).
 
     python -m pytest bench/bench_inference.py --benchmark-only --benchmark-json out.json
 """
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from measure import backend_unavailable, record
+from modules import COMPILE
 from sttr_fast import STTR
 from sttr_fast.inference import InferenceModel
 
@@ -23,7 +25,7 @@ CASES = [(device, stream, variant) for device in ("cpu", "cuda") for stream in (
 @pytest.mark.parametrize("case", CASES, ids=["-".join(case).replace(" ", "-") for case in CASES])
 def bench_inference(benchmark, case):
     device, stream, variant = case
-    reason = backend_unavailable("reference", device, True)
+    reason = backend_unavailable("compiled" if "compiled" in variant else "reference", device, COMPILE)
     if reason:
         pytest.skip(reason)
     target = torch.device(device)
