@@ -12,7 +12,8 @@ CUDA_FLAGS = ["-O3", "-DSTTR_NS=sttr_fast_cuda", "-DSTTR_DEVICE_BUILD"]
 def cuda_extension() -> tuple[list, dict]:
     """The cuda backend's kernels (csrc/) as the extension sttr_fast._cuda_kernels, built with
     ninja when torch is a CUDA build and nvcc is found, or FORCE_CUDA=1 insists; for sm_80 and
-    sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise. Otherwise nothing is compiled: in an
+    sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise; not with STTR_SKIP_CUDA_BUILD=1. Otherwise
+    nothing is compiled: in an
     isolated build environment torch is absent (and is never installed there), and a CPU-only
     install stays pure Python."""
     try:
@@ -21,6 +22,8 @@ def cuda_extension() -> tuple[list, dict]:
     except ImportError:
         return [], {}
     forced = os.environ.get("FORCE_CUDA") == "1"
+    if os.environ.get("STTR_SKIP_CUDA_BUILD") == "1" and not forced:
+        return [], {}  # backend="cuda" then builds the kernels when first used (bench/gpu_check.sh)
     if forced and torch.version.cuda is None:
         raise RuntimeError(f"FORCE_CUDA=1 needs a CUDA build of torch, found {torch.__version__}")
     if not forced and (torch.version.cuda is None or CUDA_HOME is None):
