@@ -282,7 +282,7 @@ def run_case(benchmark, case: Case, rates_of) -> None:
             pytest.skip(f"{case.implementation} does not run this case: {why}")
         raise
     extra = dict(op=case.op, stream=case.stream, dtype=case.dtype, mode=case.mode,
-                 layer=case.layer.name, batch=n)
+                 layer=f"T={t} {dkh}/{dvh}", batch=n)
     if device.type == "cuda":
         rates = rates_of()
         bound = cost_model_bound(case, rates)

@@ -96,6 +96,10 @@ def _memory_ratio(row: dict, reference: dict | None) -> str:
     return f"{row['peak_bytes'] / reference['peak_bytes']:.2f}×"
 
 
+def _time(milliseconds: float) -> str:
+    return f"{milliseconds / 1e3:.3g} s" if milliseconds >= 1e3 else f"{milliseconds:.3g} ms"
+
+
 def _percent(value) -> str:
     return "–" if value is None else f"{100 * value:.0f} %"
 
@@ -243,9 +247,9 @@ def _pivot(rows: list[dict], modes: tuple[str, ...] | None = None) -> list[str]:
                 if row is None:
                     cells.append("–")
                 elif name == "reference":
-                    cells.append(f"{row['median_ms']:.3g} ms")
+                    cells.append(_time(row["median_ms"]))
                 else:
-                    cells.append(f"{row['median_ms']:.3g} ms ({speedup(row, reference)})")
+                    cells.append(f"{_time(row['median_ms'])} ({speedup(row, reference)})")
             case = re.sub(r" \[[a-z]+\]$", "", group)  # the device is the section's title
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -263,7 +267,8 @@ def readme_section(results: list[dict]) -> str:
                   f"Measured {describe(result)}; every row: `bench/results/{stem}.md`, charts "
                   f"`bench/results/{stem}-*.png`. Attention cores: training (forward+backward with "
                   f"DropAttention) and inference rows.", ""]
-        lines += _pivot(result["rows"], modes=(", training [", ", inference ["))
+        lines += _pivot([r for r in result["rows"] if r["suite"] == "core"],
+                        modes=(", training [", ", inference ["))
         lines += _pivot([r for r in result["rows"] if r["suite"] != "core"])
     lines.append(README_END)
     return "\n".join(lines)

@@ -7,13 +7,16 @@
   convolutions', the projection shortcuts' and, where the unit has no residual, the SSA output
   projection's. The BatchNorms that follow a residual sum, and the units' per-joint input
   BatchNorms, cannot be folded into one convolution and stay;
-- it computes under bf16 autocast where that is fast: on CUDA, and on CPUs with native bf16
-  arithmetic (AVX512-BF16 or AMX); elsewhere in float32;
+- it computes in bf16 (weights and activations; logits returned in float32) where that is fast:
+  on CUDA, and on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere in float32.
+  Whole-model bf16 avoids the casts autocast makes around every layer;
+- on the CPU in bf16 its convolution weights are channels-last, which oneDNN runs faster there
+  (in float32 it did not pay);
 - ``compile=True`` adds ``torch.compile`` (a one-time cost of tens of seconds on a small CPU).
 
-The choices were measured with ``bench/bench_inference.py``; each is on by default only where it
-won there. Accuracy contract (tests/test_inference.py): against the float32 eager model, logits
-relative error <= 2e-2 and top-1 agreement >= 99 % on the demo's validation set.
+Speed: ``bench/bench_inference.py``. Accuracy contract (tests/test_predict.py): against the float32
+eager model, logits relative error <= 2e-2 and top-1 agreement >= 99 % on the demo's validation
+set (bf16 measured about 4e-3).
 """
 from __future__ import annotations
 
@@ -93,22 +96,30 @@ def fold_batch_norms(model: STTR) -> int:
     return folded
 
 
-class InferenceModel:
-    """A frozen, folded copy of ``model`` that maps (N, C, T, V, M) inputs to float32 logits."""
+class InferenceModel(nn.Module):
+    """A frozen, folded copy of ``model`` that maps (N, C, T, V, M) inputs to float32 logits;
+    always in eval mode (``train()`` does not change that)."""
 
     def __init__(self, model: STTR, device: torch.device | str = "cpu", precision: str = "auto",
                  compile: bool = False, fold: bool = True):
+        super().__init__()
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         model = copy.deepcopy(model).eval().to(self.device)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         self.folded = fold_batch_norms(model) if fold else 0
+        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        model = model.to(self.dtype)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.forward = torch.compile(model) if compile else model
+        # Kept out of the module tree, so the compiled wrapper does not list the weights twice.
+        self.__dict__["_run"] = torch.compile(model) if compile else model
+
+    def train(self, mode: bool = True) -> InferenceModel:
+        return super().train(False)
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, torch.float32)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.forward(x).float()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x.to(self.device, self.dtype)).float()

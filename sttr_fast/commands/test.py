@@ -20,6 +20,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--work-dir", help="output folder (default: the checkpoint's folder)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--fast", action="store_true",
+                        help="evaluate through sttr_fast.inference (BatchNorms folded, bf16 where "
+                             "native): faster, logits within 2e-2 of the float32 model's")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     parser.set_defaults(run=run)
 
@@ -30,6 +33,7 @@ def run(args) -> int:
     from ..train.checkpoints import check_fits, read_checkpoint, require_training_config
     from ..train.config import load_config
     from ..train.data import build_dataset
+    from ..inference import InferenceModel
     from ..train.engine import build_model, evaluate
     from ..train.records import plot_confusion
     from ..train.scores import write_scores
@@ -48,6 +52,8 @@ def run(args) -> int:
         dataset = build_dataset(config, "val")
         model = build_model(config)
         load_strictly(model, checkpoint.state, f"checkpoint {checkpoint.path}")
+        if args.fast:
+            model = InferenceModel(model, context.device)
         result = evaluate(model.to(context.device), dataset, config, context,
                           progress=not args.no_progress)
         if context.is_main:
