@@ -141,6 +141,17 @@ def test_one_epoch_through_the_cli_writes_the_work_dir(tmp_path):
     assert "epoch 1:" in (work / "log.txt").read_text()
 
 
+def test_bf16_amp_trains_on_the_cpu_and_fp16_is_refused_there(tmp_path, capsys):
+    base = ["train", "--config", str(DEMO), "--epochs", "1", "--no-progress", *TINY, "train.device=cpu"]
+    assert main([*base, "--work-dir", str(tmp_path / "bf16"), "train.amp=bf16"]) == 0
+    rows = read_metrics(tmp_path / "bf16")
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["train_loss"]))
+    assert main([*base, "--work-dir", str(tmp_path / "fp16"), "train.amp=fp16"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "train.amp='fp16' needs a CUDA device" in error and "\n" not in error
+    assert not (tmp_path / "fp16").exists()
+
+
 def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path):
     args = ["sttr_fast", "train", "--config", str(DEMO), "--epochs", "3", "--no-progress", *TINY]
     straight = tmp_path / "straight"

@@ -73,7 +73,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 120
     seed: int = 1
-    amp: str = "none"                # none, bf16, fp16 (CUDA only)
+    amp: str = "none"                # none, bf16 (CUDA or CPU), fp16 (CUDA only)
     eval_interval: int = 1
     device: str = "auto"             # auto: cuda if available (the local rank's GPU under torchrun)
 

@@ -124,9 +124,10 @@ class Trainer:
                  overwrite: bool = False):
         self.config, self.work_dir, self.progress = config, Path(work_dir), progress
         self.context = distributed.start(config.train.device)
-        if config.train.amp != "none" and self.context.device.type != "cuda":
-            raise ConfigError(f"train.amp={config.train.amp!r} needs a CUDA device; this run is on "
-                              f"{self.context.device}")
+        # bf16 autocast runs on the CPU too (no loss scaling needed); fp16 needs CUDA's kernels.
+        if config.train.amp == "fp16" and self.context.device.type != "cuda":
+            raise ConfigError(f"train.amp='fp16' needs a CUDA device; this run is on "
+                              f"{self.context.device} (train.amp=bf16 runs there)")
         seed_everything(config.train.seed + self.context.rank)
         # Data, model and optimizer first: a missing or bad file stops the run before the work
         # dir is created or touched.
