@@ -30,7 +30,8 @@ from triton_harness import (allowed_error, float64_reference, gradient_errors,  
                             key_mask_shape, relative_error, same_dtype_reference)
 
 from sttr_fast import ops  # noqa: E402
-from sttr_fast.kernels.dropattention_rng import materialize_key_mask, new_rng_state  # noqa: E402
+from sttr_fast.kernels.dropattention_rng import materialize_key_mask  # noqa: E402
+from sttr_fast.ops.custom_ops import new_rng_state  # noqa: E402
 from sttr_fast.ops import triton_backend  # noqa: E402
 
 # (op, N', T, V, heads, dk per head, dv per head): the cost model's layers (docs/cost-model.md §5).

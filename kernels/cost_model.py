@@ -43,7 +43,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from ..ops import triton_backend
+from ..ops import custom_ops
 from . import compile_report, dropattention_rng, spatial_attention, temporal_attention
 from .attention_common import padded_dim
 
@@ -153,8 +153,8 @@ def _qkv_tensor(layout: str, channels: int, tokens: int, dtype: torch.dtype) -> 
 
 def _like(qkv: torch.Tensor, channels: int) -> torch.Tensor:
     """Outputs, dO and dqkv as the op allocates them: in qkv's stride order."""
-    return triton_backend._layout_like(qkv, channels, qkv.dtype,
-                                       lambda shape, dtype, device: torch.empty(shape, dtype=dtype, device="meta"))
+    return custom_ops.layout_like(qkv, channels, qkv.dtype,
+                                  lambda shape, dtype, device: torch.empty(shape, dtype=dtype, device="meta"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ linear index in the contiguous ``(sequences..., heads, keys)`` mask tensor — f
 the forward, the backward and :func:`materialize_key_mask` draw the same decision for the same key.
 
 The seed and the offset live in a 2-element int64 tensor on the kernels' device, drawn from torch's
-default generator of that device: ``torch.manual_seed`` reproduces a run, nothing has to be copied
+default generator of that device by the op that launches the kernels (``sttr_fast/ops/custom_ops.py``): ``torch.manual_seed`` reproduces a run, nothing has to be copied
 to the host, and ``torch.compile`` and CUDA graphs see an ordinary random op.
 """
 from __future__ import annotations
@@ -53,11 +53,6 @@ def _materialize_key_mask_kernel(rng_ptr, mask_ptr, numel, p, BLOCK: tl.constexp
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     seed, call_offset = load_rng_state(rng_ptr)
     tl.store(mask_ptr + index, keep_keys(seed, call_offset, index, p), mask=index < numel)
-
-
-def new_rng_state(device: torch.device) -> torch.Tensor:
-    """A fresh (seed, call offset) pair drawn from ``device``'s default torch generator."""
-    return torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64, device=device)
 
 
 def check_rng_state(rng_state: torch.Tensor) -> None:

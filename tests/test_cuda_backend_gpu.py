@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sttr_fast import ops
-from sttr_fast.ops import cuda_backend
+from sttr_fast.ops import cuda_backend, custom_ops
 from triton_harness import DEVICE, assert_matches_reference, needs_gpu, random_qkv, relative_error
 
 pytestmark = needs_gpu
@@ -47,7 +47,7 @@ def check_cuda_against_reference(op, shape, dtype, p, seed):
     torch.manual_seed(seed)
     out = OPS[op](qkv, heads, dk, dv, p=p, backend="cuda")
     torch.manual_seed(seed)
-    mask = (cuda_backend.materialize_key_mask(cuda_backend.new_rng_state(DEVICE), key_mask_shape(op, qkv, heads), p)
+    mask = (cuda_backend.materialize_key_mask(custom_ops.new_rng_state(DEVICE), key_mask_shape(op, qkv, heads), p)
             if p > 0 else None)
     grad_out = torch.randn(out.shape, dtype=torch.float64, device=DEVICE,
                            generator=torch.Generator(DEVICE).manual_seed(seed))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from sttr_fast import SpatialSelfAttention, TemporalSelfAttention, ops
-from sttr_fast.ops import cuda_backend
+from sttr_fast.ops import cuda_backend, custom_ops
 from triton_harness import (TOLERANCE, assert_all_gradients_close, assert_matches_reference,
                             environment_without_interpreter, float64_reference, relative_error,
                             without_compile_caches)
@@ -80,7 +80,7 @@ def run_cuda(op, qkv, heads, dk, dv, p, seed):
     torch.manual_seed(seed)
     out = OPS[op](qkv, heads, dk, dv, p=p, backend="cuda")
     torch.manual_seed(seed)
-    mask = (cuda_backend.materialize_key_mask(cuda_backend.new_rng_state(CPU), key_mask_shape(op, qkv, heads), p)
+    mask = (cuda_backend.materialize_key_mask(custom_ops.new_rng_state(CPU), key_mask_shape(op, qkv, heads), p)
             if p > 0 else None)
     return out, mask
 

@@ -17,8 +17,8 @@ import triton.language as tl  # noqa: E402
 
 from sttr_fast import STTR, SpatialSelfAttention, ops  # noqa: E402
 from sttr_fast.kernels import spatial_attention as spatial_kernels  # noqa: E402
-from sttr_fast.kernels.dropattention_rng import (keep_keys, load_rng_state, materialize_key_mask,  # noqa: E402
-                                                 new_rng_state)
+from sttr_fast.kernels.dropattention_rng import keep_keys, load_rng_state, materialize_key_mask  # noqa: E402
+from sttr_fast.ops.custom_ops import new_rng_state  # noqa: E402
 from triton_harness import (CUDA, DEVICE, DTYPES, MODULE_DTYPE, TOLERANCE,  # noqa: E402
                             assert_all_gradients_close, assert_matches_reference, check_core_against_reference,
                             compare_under_autocast, compare_units, environment_without_interpreter,

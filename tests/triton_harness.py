@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from sttr_fast import ops
-from sttr_fast.kernels.dropattention_rng import materialize_key_mask, new_rng_state
+from sttr_fast.kernels.dropattention_rng import materialize_key_mask
+from sttr_fast.ops.custom_ops import new_rng_state
 from sttr_fast.ops import reference, triton_backend
 
 CUDA = torch.cuda.is_available()

@@ -10,21 +10,20 @@ The kernels exist in two builds of the same per-thread code (docs/kernels.md §1
   ``STTR_CUDA_HOST_BUILD=1`` is set (or ``HOST_BUILD`` is set true, as the tests do), like
   ``TRITON_INTERPRET=1`` does for the Triton backend.
 
-Each core is a pair of custom ops, ``sttr_fast::<op>_cuda`` (output, per-query statistics, key
-mask) and ``sttr_fast::<op>_cuda_backward``, with fake implementations and an autograd formula,
-so ``torch.compile`` traces a model through them. The DropAttention seed is an input drawn outside
-the op, as for Triton, and the forward op turns it into the key mask once (docs/kernels.md §6):
+Each core is a pair of custom ops, ``sttr_fast::<op>_cuda`` and ``sttr_fast::<op>_cuda_backward``,
+built by the scaffold both fused backends share (``custom_ops``). The forward op turns the
+DropAttention seed into the key mask once with the kernels' own Philox code (docs/kernels.md §6):
 the same seed and offset give the Triton backend's mask bit for bit.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
+
+from . import custom_ops
 
 # Serve CPU tensors with the host build of the kernels.
 HOST_BUILD = os.environ.get("STTR_CUDA_HOST_BUILD") == "1"
@@ -173,12 +172,6 @@ def unsupported(op: str, qkv: torch.Tensor, num_heads: int, dk: int, dv: int) ->
 
 # --- the DropAttention mask (docs/kernels.md §6) ---------------------------------------------------
 
-def new_rng_state(device: torch.device) -> torch.Tensor:
-    """A fresh (seed, call offset) pair from ``device``'s default generator: the same draw as the
-    Triton backend's, so that one seed gives both backends the same mask."""
-    return torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64, device=device)
-
-
 def materialize_key_mask(rng_state: torch.Tensor, shape: tuple[int, ...], p: float) -> torch.Tensor:
     """The boolean keep-mask of ``shape`` (sequences..., heads, keys) for ``rng_state`` and ``p``,
     computed by the kernels' Philox code on rng_state's device."""
@@ -187,142 +180,50 @@ def materialize_key_mask(rng_state: torch.Tensor, shape: tuple[int, ...], p: flo
     return mask
 
 
-# --- buffers ----------------------------------------------------------------------------------------
-
-def _layout_like(qkv: torch.Tensor, channels: int, dtype: torch.dtype, allocate) -> torch.Tensor:
-    """A (N', channels, T, V) buffer in qkv's stride order, as the Triton backend allocates it
-    (docs/kernels.md §3), so the convolutions around the core need no copy; the ops are tagged
-    needs_fixed_stride_order so that real and fake outputs agree under torch.compile."""
-    n, _, t, v = qkv.shape
-    shape = (n, channels, t, v)
-    outermost_first = sorted(range(4), key=lambda axis: (-qkv.stride(axis), axis))
-    buffer = allocate(tuple(shape[axis] for axis in outermost_first), dtype, qkv.device)
-    return buffer.permute([outermost_first.index(axis) for axis in range(4)])
-
-
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-# Every buffer the kernels fill comes from here; the tests swap in one that fills it with NaN.
-_allocate = _empty
-
-
 # --- custom ops -------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class _Core:
-    """One op's kernels: ``forward(lib, qkv, out, stats, keep, heads, dkh, dvh)``,
-    ``backward(lib, grad_out, qkv, out, stats, keep, grad_qkv, heads, dkh, dvh)``, and the shape
-    of the statistics and of the key mask, (sequences, heads, tokens)."""
-    forward: Callable
-    backward: Callable
-    stats_shape: Callable[[torch.Tensor, int], tuple[int, int, int]]
+# Every buffer the kernels fill comes from here; the tests swap in one that fills it with NaN.
+_allocate = custom_ops.empty
 
 
-def _spatial_forward(lib, qkv, out, stats, keep, heads, dkh, dvh):
-    lib.spatial_forward(qkv, out, stats, keep, heads, dkh, dvh)
+def _buffer(shape, dtype, device):
+    return _allocate(shape, dtype, device)
 
 
-def _spatial_backward(lib, grad_out, qkv, out, stats, keep, grad_qkv, heads, dkh, dvh):
+def _spatial_forward(qkv, out, stats, keep, heads, dk, dv, p):
+    library(qkv.device).spatial_forward(qkv, out, stats, keep, heads, dk // heads, dv // heads)
+
+
+def _spatial_backward(grad_out, qkv, out, stats, keep, grad_qkv, heads, dk, dv, p, allocate):
     # D = rowsum(dO ⊙ O) comes from the rows the block holds; out is not read.
-    lib.spatial_backward(grad_out, qkv, stats, keep, grad_qkv, heads, dkh, dvh)
+    library(qkv.device).spatial_backward(grad_out, qkv, stats, keep, grad_qkv, heads, dk // heads, dv // heads)
 
 
-def _temporal_forward(lib, qkv, out, stats, keep, heads, dkh, dvh):
-    lib.temporal_forward(qkv, out, stats, keep, heads, dkh, dvh)
+def _temporal_forward(qkv, out, stats, keep, heads, dk, dv, p):
+    library(qkv.device).temporal_forward(qkv, out, stats, keep, heads, dk // heads, dv // heads)
 
 
-def _temporal_backward(lib, grad_out, qkv, out, stats, keep, grad_qkv, heads, dkh, dvh):
-    delta = _allocate(stats.shape, stats.dtype, stats.device)  # D per query, query kernel -> key kernel
-    lib.temporal_backward(grad_out, qkv, out, stats, delta, keep, grad_qkv, heads, dkh, dvh)
+def _temporal_backward(grad_out, qkv, out, stats, keep, grad_qkv, heads, dk, dv, p, allocate):
+    delta = allocate(stats.shape, stats.dtype, stats.device)  # D per query, query kernel -> key kernel
+    library(qkv.device).temporal_backward(grad_out, qkv, out, stats, delta, keep, grad_qkv, heads, dk // heads,
+                                          dv // heads)
 
 
-_CORES = {
-    "spatial_attention": _Core(_spatial_forward, _spatial_backward,
-                               lambda qkv, heads: (qkv.shape[0] * qkv.shape[2], heads, qkv.shape[3])),
-    "temporal_attention": _Core(_temporal_forward, _temporal_backward,
-                                lambda qkv, heads: (qkv.shape[0] * qkv.shape[3], heads, qkv.shape[2])),
-}
-_TAGS = (torch.Tag.needs_fixed_stride_order,)
-
-
-def _register(op: str) -> Callable:
-    """Register ``op``'s custom ops and autograd formula; returns the forward op."""
-    core = _CORES[op]
-
-    def output_buffers(qkv, num_heads, dv, allocate):
-        out = _layout_like(qkv, dv, qkv.dtype, allocate)
-        stats = allocate(core.stats_shape(qkv, num_heads), _stats_dtype(qkv.dtype), qkv.device)
-        return out, stats
-
-    def key_mask_shape(qkv, num_heads, p):
-        # Without DropAttention there is no mask; an empty tensor stands for it.
-        return core.stats_shape(qkv, num_heads) if p > 0 else (0,)
-
-    @torch.library.custom_op(f"sttr_fast::{op}_cuda", mutates_args=(), tags=_TAGS)
-    def forward(qkv: torch.Tensor, rng_state: Optional[torch.Tensor], num_heads: int, dk: int, dv: int,
-                p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out, stats = output_buffers(qkv, num_heads, dv, _allocate)
-        # One keep decision per (sequence, head, key), drawn once here and read by the forward and
-        # backward kernels.
-        keep = (materialize_key_mask(rng_state, key_mask_shape(qkv, num_heads, p), p) if p > 0
-                else torch.empty(0, dtype=torch.bool, device=qkv.device))
-        core.forward(library(qkv.device), qkv, out, stats, keep if p > 0 else None, num_heads,
-                     dk // num_heads, dv // num_heads)
-        return out, stats, keep
-
-    @forward.register_fake
-    def _(qkv, rng_state, num_heads, dk, dv, p):
-        out, stats = output_buffers(qkv, num_heads, dv, _empty)
-        return out, stats, _empty(key_mask_shape(qkv, num_heads, p), torch.bool, qkv.device)
-
-    @torch.library.custom_op(f"sttr_fast::{op}_cuda_backward", mutates_args=(), tags=_TAGS)
-    def backward(grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor,
-                 keep: torch.Tensor, num_heads: int, dk: int, dv: int, p: float) -> torch.Tensor:
-        grad_qkv = _layout_like(qkv, qkv.shape[1], qkv.dtype, _allocate)
-        core.backward(library(qkv.device), grad_out, qkv, out, stats, keep if p > 0 else None, grad_qkv,
-                      num_heads, dk // num_heads, dv // num_heads)
-        return grad_qkv
-
-    @backward.register_fake
-    def _(grad_out, qkv, out, stats, keep, num_heads, dk, dv, p):
-        return _layout_like(qkv, qkv.shape[1], qkv.dtype, _empty)
-
-    def setup_context(ctx, inputs, output):
-        qkv, rng_state, num_heads, dk, dv, p = inputs
-        out, stats, keep = output
-        ctx.save_for_backward(qkv, out, stats, keep)
-        ctx.head_split = (num_heads, dk, dv, p)
-        ctx.mark_non_differentiable(stats, keep)
-
-    def differentiate(ctx, grad_out, grad_stats, grad_keep):
-        qkv, out, stats, keep = ctx.saved_tensors
-        grad_qkv = backward(grad_out, qkv, out, stats, keep, *ctx.head_split)
-        return grad_qkv, None, None, None, None, None
-
-    forward.register_autograd(differentiate, setup_context=setup_context)
-    return forward
-
-
-_FORWARD_OPS = {op: _register(op) for op in _CORES}
-
-
-def _fused(op: str, qkv: torch.Tensor, num_heads: int, dk: int, dv: int, p: float) -> torch.Tensor:
-    rng_state = new_rng_state(qkv.device) if p > 0 else None
-    out, _, _ = _FORWARD_OPS[op](qkv, rng_state, num_heads, dk, dv, p)
-    return out
+_spatial_fused = custom_ops.register(
+    "spatial_attention", "cuda", custom_ops.FusedCore(_spatial_forward, _spatial_backward,
+                                                      custom_ops.spatial_sequences),
+    materialize_key_mask, _buffer)
+_temporal_fused = custom_ops.register(
+    "temporal_attention", "cuda", custom_ops.FusedCore(_temporal_forward, _temporal_backward,
+                                                       custom_ops.temporal_sequences),
+    materialize_key_mask, _buffer)
 
 
 def spatial_attention(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, p: float) -> torch.Tensor:
     """The CUDA SSA core; input already validated by ``sttr_fast.ops``."""
-    return _fused("spatial_attention", qkv, num_heads, dk, dv, p)
+    return _spatial_fused(qkv, num_heads, dk, dv, p)
 
 
 def temporal_attention(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, p: float) -> torch.Tensor:
     """The CUDA TSA core; input already validated by ``sttr_fast.ops``."""
-    return _fused("temporal_attention", qkv, num_heads, dk, dv, p)
+    return _temporal_fused(qkv, num_heads, dk, dv, p)
