@@ -80,7 +80,7 @@ setup(
     extras_require={
         # sttr export --format onnx, and the tests that run its output in onnxruntime
         "export": ["onnx>=1.18", "onnxscript>=0.5", "onnxruntime>=1.22"],
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "onnx>=1.18", "onnxscript>=0.5",
+        "dev": ["pytest>=8", "pytest-xdist>=3.6", "pytest-benchmark>=4", "onnx>=1.18", "onnxscript>=0.5",
                 "onnxruntime>=1.22"],
     },
     entry_points={"console_scripts": ["sttr = sttr_fast.cli:main"]},

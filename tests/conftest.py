@@ -9,6 +9,11 @@ A test that takes a ``seed`` argument draws its random problem from it. By defau
 fixed per test (derived from the test's name), so every run checks the same problems. Fuzzing is
 opt-in: ``STTR_FUZZ_SEEDS=200 python -m pytest -k triton`` runs each such test on 200 fresh seeds,
 each shown in the test's id; ``STTR_SEEDS=1317905344,7`` replays the seeds given.
+
+README's test command runs the suite in two pytest-xdist worker processes (``-n 2``):
+every worker must collect the same tests, so the fresh fuzz seeds come from one draw that the
+controlling process makes and its workers inherit, and each worker's torch takes its share of the
+cores rather than all of them.
 """
 import os
 import random
@@ -21,7 +26,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+if "PYTEST_XDIST_WORKER" not in os.environ:  # the controlling process: workers inherit the draw
+    os.environ["STTR_FUZZ_DRAW"] = str(random.SystemRandom().randrange(2**31))
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 FUZZ_SEEDS = int(os.environ.get("STTR_FUZZ_SEEDS", "0"))
+_FUZZ_DRAW = random.Random(int(os.environ["STTR_FUZZ_DRAW"]))
 GIVEN_SEEDS = [int(seed) for seed in os.environ.get("STTR_SEEDS", "").split(",") if seed.strip()]
 
 
@@ -39,7 +50,7 @@ def pytest_generate_tests(metafunc):
     if GIVEN_SEEDS:
         seeds = GIVEN_SEEDS
     elif FUZZ_SEEDS > 0:
-        seeds = [random.randrange(2**31) for _ in range(FUZZ_SEEDS)]
+        seeds = [_FUZZ_DRAW.randrange(2**31) for _ in range(FUZZ_SEEDS)]
     else:
         seeds = [zlib.crc32(f"{metafunc.module.__name__}::{metafunc.function.__name__}".encode())]
     metafunc.parametrize("seed", seeds, ids=[f"seed{seed}" for seed in seeds])
