@@ -65,6 +65,8 @@ def read_sample(source_format: str, path: Path, shape: SampleShape) -> PoseSampl
     else:
         raise ValueError(f"unknown pose format {source_format!r}; expected one of {', '.join(FORMATS)}")
     if source_format in PIXEL_FORMATS:
+        if shape.frame_size is None:
+            raise ValueError(f"{source_format} coordinates are pixels; the frame size is needed")
         width, height = shape.frame_size
         frames = [people / np.array([width, height, 1.0]) for people in frames]
     return _tracked_sample(frames, layout, shape)
