@@ -83,11 +83,14 @@ class SpatialSelfAttention(nn.Module):
 class TemporalSelfAttention(nn.Module):
     """TSA: every joint's frames attend to each other; stride 2 pairs consecutive frames.
 
-    Input (N', C, T, V), output (N', C, T / stride, V).
+    Input (N', C, T, V), output (N', C, T / stride, V). ``stride_skips_frames`` reproduces the
+    authors' code for an even joint count (their Kinetics models): at stride 2 each token is a map
+    of every other frame alone, the frames between are never seen by the attention.
     """
 
     def __init__(self, channels: int, stride: int = 1, num_heads: int = 8,
-                 drop_attention: float = 0.5, backend: str = "auto", num_joints: int = 25):
+                 drop_attention: float = 0.5, backend: str = "auto", num_joints: int = 25,
+                 stride_skips_frames: bool = False):
         super().__init__()
         name = "TemporalSelfAttention"
         check_integer(name, "stride", stride)
@@ -100,7 +103,11 @@ class TemporalSelfAttention(nn.Module):
         self.input_bn = nn.BatchNorm1d(channels * num_joints)
         # A (1, stride) kernel over time: at stride 2 each token is a learned map of two consecutive
         # frames. Applied to the (N', C, V, T) layout it equals the authors' (N'*V, C, 1, T) tokens.
-        self.qkv = nn.Conv2d(channels, 2 * self.dk + self.dv, (1, stride), stride=(1, stride))
+        # Their code picks a (1, 1) kernel instead when the joint count is even; their Kinetics
+        # checkpoints hold such weights, so that choice is kept, but only on request.
+        self.stride_skips_frames = stride_skips_frames
+        kernel = (1, 1) if stride_skips_frames else (1, stride)
+        self.qkv = nn.Conv2d(channels, 2 * self.dk + self.dv, kernel, stride=(1, stride))
         self.out_proj = nn.Conv2d(self.dv, self.dv, 1)
         self.down = ProjectionShortcut(channels, channels, stride) if stride != 1 else None
         self.bn = nn.BatchNorm2d(channels)

@@ -35,6 +35,11 @@ _INNER_RENAMES = (
 )
 # Present in the authors' state_dict but never used by their forward pass.
 _UNUSED_PREFIXES = ("person_bn.",)
+# The skeletons of the authors' datasets by joint count: NTU RGB+D and Kinetics-Skeleton. Their
+# checkpoints hold no adjacency, the joint count is what tells them apart.
+OFFICIAL_GRAPHS = {25: "ntu-rgbd", 18: "openpose-18"}
+# The qkv projection of the first stride-2 TSA unit.
+_STRIDED_TSA_QKV = "backbone.3.tcn1.qkv_conv.weight"
 
 
 class CheckpointError(ValueError):
@@ -163,6 +168,10 @@ def official_model_config(state: dict[str, torch.Tensor]) -> dict:
     if remainder or num_person < 1:
         raise CheckpointError(f"data_bn.weight has {state['data_bn.weight'].numel()} features, "
                               f"not a multiple of in_channels*joints = {in_channels * num_point}")
+    if num_point not in OFFICIAL_GRAPHS:
+        raise CheckpointError(f"gcn0.mask has {num_point} joints; the authors' code builds "
+                              + " and ".join(f"{graph} ({joints} joints)"
+                                             for joints, graph in OFFICIAL_GRAPHS.items()))
     if any(".attention_conv." in key for key in state):
         stream = "spatial"
     elif any(re.match(r"^backbone\.\d+\.tcn1\.qkv_conv\.", key) for key in state):
@@ -170,8 +179,13 @@ def official_model_config(state: dict[str, torch.Tensor]) -> dict:
     else:
         raise CheckpointError("the state_dict has neither spatial (gcn1.attention_conv) nor "
                               "temporal (tcn1.qkv_conv) attention weights")
+    # The authors' stride-2 TSA takes a (1, 1) qkv kernel for an even joint count and (1, 2) for an
+    # odd one; the weight's width says which their model had.
+    strided_qkv = state.get(_STRIDED_TSA_QKV)
+    skips_frames = stream == "temporal" and strided_qkv is not None and strided_qkv.shape[-1] == 1
     return dict(num_classes=state["fcn.weight"].shape[0], stream=stream, in_channels=in_channels,
-                base_channels=base_channels, num_point=num_point, num_person=num_person)
+                base_channels=base_channels, num_point=num_point, num_person=num_person,
+                graph=OFFICIAL_GRAPHS[num_point], tsa_stride_skips_frames=skips_frames)
 
 
 def convert_official_state_dict(source) -> dict[str, torch.Tensor]:

@@ -172,7 +172,8 @@ def model_from_checkpoint(path) -> STTR:
     elif settings:
         model = STTR(num_classes=settings["model.num_classes"], stream=settings["model.stream"],
                      in_channels=settings["in_channels"], base_channels=settings["model.base_channels"],
-                     num_point=settings["num_point"], num_person=settings["data.num_person"],
+                     graph=settings["model.graph"], num_person=settings["data.num_person"],
+                     tsa_stride_skips_frames=settings["model.tsa_stride_skips_frames"],
                      backend="reference")
     else:
         require_training_config(checkpoint)  # a bare state_dict: says what the checkpoint lacks

@@ -248,5 +248,20 @@ def graph_from_config(value) -> Graph:
     return Graph(num_joints, tuple((int(i), int(j)) for i, j in edges), None, center)
 
 
+def graph_config_label(value) -> str:
+    """``model.graph`` in a message: the preset's name, or what a custom graph holds."""
+    if isinstance(value, str):
+        return repr(value)
+    joints = value.get("num_joints", "?") if isinstance(value, Mapping) else "?"
+    return f"a custom graph of {joints} joints"
+
+
+def same_graph(first, second) -> bool:
+    """Whether two ``model.graph`` values build the same adjacency (a preset and its custom
+    spelling are the same graph; names, centre and edge order do not matter)."""
+    a, b = graph_from_config(first), graph_from_config(second)
+    return a.num_joints == b.num_joints and set(a.inward_edges) == set(b.inward_edges)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -10,7 +10,7 @@ from torch import nn
 from .attention import (ProjectionShortcut, SpatialSelfAttention, TemporalSelfAttention,
                         head_split_fits)
 from .checks import check_input, check_integer, check_probability
-from .graph import Graph, ntu_graph
+from .graph import DEFAULT_GRAPH, Graph, graph_from_config
 
 STREAMS = ("spatial", "temporal")
 
@@ -69,20 +69,31 @@ class STTR(nn.Module):
 
     Input (N, C, T, V, M) with T divisible by 4; output raw logits (N, num_classes).
     Joints: ``in_channels=3, base_channels=64``; joints+bones: ``in_channels=6, base_channels=128``.
+    ``graph``: a ``Graph``, a preset name (sttr_fast.graph.GRAPH_PRESETS) or a custom graph mapping
+    ``{num_joints, edges, center}``; the default is NTU RGB+D's. ``num_point`` follows the graph.
+    ``tsa_stride_skips_frames``: the authors' stride-2 TSA for an even joint count (their Kinetics
+    checkpoints), see TemporalSelfAttention.
     """
 
     def __init__(self, num_classes: int = 60, stream: str = "spatial", in_channels: int = 3,
-                 base_channels: int = 64, num_point: int = 25, num_person: int = 2,
+                 base_channels: int = 64, num_point: int | None = None, num_person: int = 2,
                  drop_attention: float = 0.5, dropout: float = 0.5, backend: str = "auto",
-                 graph: Graph | None = None, num_heads: int = 8):
+                 graph: Graph | str | dict | None = None, num_heads: int = 8,
+                 tsa_stride_skips_frames: bool = False):
         super().__init__()
         if stream not in STREAMS:
             raise ValueError(f"STTR: stream must be one of {STREAMS}, got {stream!r}")
-        if graph is None:
-            if num_point != 25:
-                raise ValueError(f"STTR: num_point={num_point} needs a graph (sttr_fast.Graph); "
-                                 "the built-in NTU graph has 25 joints")
-            graph = ntu_graph()
+        if graph is None and num_point not in (None, 25):
+            raise ValueError(f"STTR: num_point={num_point} needs a graph (a preset name, a custom "
+                             f"graph mapping or sttr_fast.Graph); the default {DEFAULT_GRAPH} graph "
+                             "has 25 joints")
+        if not isinstance(graph, Graph):
+            try:
+                graph = graph_from_config(DEFAULT_GRAPH if graph is None else graph)
+            except ValueError as error:
+                raise ValueError(f"STTR: graph: {error}") from None
+        if num_point is None:
+            num_point = graph.num_joints
         elif graph.num_joints != num_point:
             raise ValueError(f"STTR: graph has {graph.num_joints} joints but num_point={num_point}")
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
@@ -103,7 +114,8 @@ class STTR(nn.Module):
                              f"keys); choose a multiple of 2*num_heads = {2 * num_heads}, e.g. "
                              + " or ".join(str(b) for b in sorted(near)))
         self.stream, self.in_channels, self.num_classes = stream, in_channels, num_classes
-        self.num_point, self.num_person = num_point, num_person
+        self.num_point, self.num_person, self.graph = num_point, num_person, graph
+        self.tsa_stride_skips_frames = tsa_stride_skips_frames
         adjacency = graph.spatial_adjacency()
 
         def gcn(cin, cout):
@@ -117,7 +129,7 @@ class STTR(nn.Module):
 
         def tsa(channels, stride=1):
             return TemporalSelfAttention(channels, stride, num_heads, drop_attention, backend,
-                                         num_point)
+                                         num_point, tsa_stride_skips_frames)
 
         def attention_unit(cin, cout, stride):
             shortcut = ProjectionShortcut(cin, cout, stride) if cin != cout or stride != 1 else nn.Identity()

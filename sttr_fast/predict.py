@@ -39,6 +39,7 @@ from .data.synthetic.generate import centred_sample
 from .inference import InferenceModel
 from .train.checkpoints import read_checkpoint
 from .train.config import Config, load_config
+from .train.data import bone_parents
 from .train.engine import build_model
 
 NTU_ACTION_NAMES = Path(__file__).parent / "data" / "resources" / "ntu_action_names.txt"
@@ -73,7 +74,8 @@ def _config_of(checkpoint) -> Config:
                          "shape; predict needs a checkpoint of sttr train or sttr import-checkpoint")
     modality = {3: "joint", 6: "joint_bone"}[settings["in_channels"]]
     values = {"model": {"stream": settings["model.stream"], "num_classes": settings["model.num_classes"],
-                        "base_channels": settings["model.base_channels"]},
+                        "base_channels": settings["model.base_channels"], "graph": settings["model.graph"],
+                        "tsa_stride_skips_frames": settings["model.tsa_stride_skips_frames"]},
               "data": {"format": "agcn", "modality": modality, "num_person": settings["data.num_person"]}}
     return load_config(None, values=values, values_source=f"the model settings in {checkpoint.path}")
 
@@ -147,7 +149,7 @@ class Source:
         else:
             selected = select_bodies(raw, max_frames=config.data.frames, num_person=config.data.num_person)
             joints = pre_normalise(selected.joints)
-        x = derive(joints, "joint", config.data.modality)
+        x = derive(joints, "joint", config.data.modality, bone_parents(config))
         sample = parse_sample_name(self.path.name)
         label = None
         if sample is not None:
@@ -159,20 +161,21 @@ class Source:
 
     def _dataset(self, predictor: Predictor) -> SkeletonDataset:
         data = predictor.config.data
+        parents = bone_parents(predictor.config)
         if self.kind == "agcn":
             if self.labels is not None:
-                return AGCNDataset(self.path, self.labels, modality=data.modality)
+                return AGCNDataset(self.path, self.labels, modality=data.modality, bone_parents=parents)
             array = _open_npy(self.path, mmap=True)
             if array.ndim != 5:
                 raise InputError(f"{self.path} holds an array of shape {array.shape}; expected "
                                  "(N, C, T, V, M)")
             names = [f"{self.path.name}[{index}]" for index in range(len(array))]
             return SkeletonDataset(array, [0] * len(array), names, stored=_stored_kind(self.path),
-                                   modality=data.modality, source=str(self.path))
+                                   modality=data.modality, source=str(self.path), bone_parents=parents)
         if self.kind == "pyskl":
             return PysklDataset(self.path, self.split or f"{data.benchmark}_val", modality=data.modality,
-                                frames=data.frames, num_person=data.num_person)
-        return CTRGCNDataset(self.path, "test", modality=data.modality)
+                                frames=data.frames, num_person=data.num_person, bone_parents=parents)
+        return CTRGCNDataset(self.path, "test", modality=data.modality, bone_parents=parents)
 
 
 def _synthetic_preparation(raw, frames: int, num_person: int) -> np.ndarray:

@@ -9,20 +9,22 @@ the softmax probabilities of every attention unit. Into the output folder go:
 - ``skeleton_strip.png``: ``STRIP_FRAMES`` frames evenly spread over the sample, ``STRIP_SIZE``;
 - ``prediction.png``: the top-5 actions by name with their probabilities, ``PREDICTION_SIZE``;
 - S-TR, per spatial self-attention unit: ``ssa_unit<i>.png`` (``SSA_SIZE``), whose top row holds
-  the 25 x 25 joint-to-joint map of every head and of their mean (row: query joint, column: key
+  the V x V joint-to-joint map of every head and of their mean (row: query joint, column: key
   joint; averaged over the unit's frames) and whose bottom row draws each map on the skeleton (the
   sample's middle frame): a line between two joints for the ``LINES`` pairs that attend to each
   other most, if above uniform attention, thicker and darker the more (on one scale for the unit's
   heads), and each joint's dot sized by the attention it receives;
 - T-TR, per temporal self-attention unit: ``tsa_unit<i>.png`` (``TSA_SIZE``), the frame x frame
-  map of one joint (``--joint``, 1-based NTU numbering, default 12: the right hand) for every head
-  and their mean, on the axes of input frames (a unit of stride 2, or after one, has a token per
+  map of one joint (``--joint``, 1-based in the graph's joint order; by default the right hand or
+  wrist where the graph names one, else its centre) for every head and their mean, on the axes of input frames (a unit of stride 2, or after one, has a token per
   2 or 4 frames).
 
 ``<i>`` is the unit's index in ``STTR.units`` (``units.<i>.spatial`` in the weights). The maps are
 the first person's (a second person is drawn in grey under the lines but not mapped). Drawings
-are a 2-D view: x to the right and up the camera axis along person 0's spine, y for raw and
-synthetic recordings, z after NTU's pre-normalisation (which turns the spine onto +z).
+are a 2-D view of the bones the model's graph has: x to the right and up, on NTU RGB+D skeletons,
+the camera axis along person 0's spine, y for raw and synthetic recordings, z after NTU's
+pre-normalisation (which turns the spine onto +z); on other skeletons y, turned so that the graph's
+centre joint lies above the joints' mean (image coordinates point y down).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from .attention import SpatialSelfAttention, TemporalSelfAttention
-from .graph import ntu_graph
+from .graph import NTU_JOINTS, Graph
 from .ops import record_attention
 from .predict import InputError, Predictor, class_names, find_sources, load_predictor
 
@@ -50,16 +52,11 @@ GIF_FRAME_MS = 80
 STRIP_FRAMES = 8
 TOP_K = 5
 LINES = 12
-DEFAULT_JOINT = 12             # right hand, 1-based
+# The joint of the temporal maps when --joint is not given: the first of these the graph names.
+DEFAULT_JOINT_NAMES = ("right hand", "right wrist")
 
-JOINT_NAMES = ("spine base", "spine mid", "neck", "head", "left shoulder", "left elbow",
-               "left wrist", "left hand", "right shoulder", "right elbow", "right wrist",
-               "right hand", "left hip", "left knee", "left ankle", "left foot", "right hip",
-               "right knee", "right ankle", "right foot", "spine shoulder", "left hand tip",
-               "left thumb", "right hand tip", "right thumb")
-SPINE_BASE, SPINE_SHOULDER = 0, 20
+SPINE_BASE, SPINE_SHOULDER = NTU_JOINTS.index("spine base"), NTU_JOINTS.index("spine shoulder")
 PERSON_COLOURS = ("tab:blue", "tab:orange")
-_EDGES = np.array(ntu_graph().inward_edges)
 # Files of an earlier run that --overwrite replaces (the unit pictures depend on the model).
 OUTPUT_PATTERNS = ("skeleton.gif", "skeleton_strip.png", "prediction.png", "ssa_unit*.png",
                    "tsa_unit*.png")
@@ -84,6 +81,23 @@ class Visualized:
     joints: np.ndarray      # (3, T, V, M) coordinates
     probabilities: np.ndarray  # (classes,)
     maps: list[AttentionMap]
+    graph: Graph            # the model's skeleton: the bones drawn, the joints named
+
+
+def default_joint(graph: Graph) -> int:
+    """The 1-based joint of the temporal maps when none is asked for: the right hand or wrist if
+    the graph names one, else its centre, else the first joint."""
+    names = graph.joint_names or ()
+    for name in DEFAULT_JOINT_NAMES:
+        if name in names:
+            return names.index(name) + 1
+    return (graph.center or 0) + 1
+
+
+def joint_label(graph: Graph, joint: int) -> str:
+    """``joint <n>`` (1-based) and its name where the graph has names."""
+    name = f" ({graph.joint_names[joint]})" if graph.joint_names else ""
+    return f"joint {joint + 1}{name}"
 
 
 def run_sample(predictor: Predictor, inputs, sample: int, labels=None, split=None) -> Visualized:
@@ -118,7 +132,8 @@ def run_sample(predictor: Predictor, inputs, sample: int, labels=None, split=Non
         person0 = record.probabilities[0].float().cpu().numpy()
         maps.append(AttentionMap(module_name, record.kind,
                                  person0.mean(axis=0) if record.kind == "spatial" else person0))
-    return Visualized(name, label, joints, logits[0].float().softmax(0).cpu().numpy(), maps)
+    return Visualized(name, label, joints, logits[0].float().softmax(0).cpu().numpy(), maps,
+                      network.graph)
 
 
 def _locate(sources, predictor: Predictor, sample: int):
@@ -153,19 +168,22 @@ def clear_out_dir(out: Path) -> None:
             old.unlink()
 
 
-def visualize(checkpoint, inputs, out, sample: int = 0, joint: int = DEFAULT_JOINT, labels=None,
+def visualize(checkpoint, inputs, out, sample: int = 0, joint: int | None = None, labels=None,
               split=None, names_file=None, overwrite: bool = False,
               device="cpu") -> tuple[Visualized, list[str], list[Path]]:
     """Draw sample ``sample`` of ``inputs`` and ``checkpoint``'s attention on it into the folder
-    ``out``. Returns what was run, the class names and the files written."""
-    if not 1 <= joint <= len(JOINT_NAMES):
-        raise InputError(f"--joint must be an NTU joint number from 1 to {len(JOINT_NAMES)}, "
-                         f"got {joint}")
+    ``out``; ``joint`` (1-based, default ``default_joint``) picks the temporal maps' joint.
+    Returns what was run, the class names and the files written."""
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA GPU is available on this machine")
     out = Path(out)
     check_out_dir(out, overwrite)
     predictor = load_predictor(checkpoint, device, precision="fp32")
+    graph = predictor.model.model.graph
+    joint = default_joint(graph) if joint is None else joint
+    if not 1 <= joint <= graph.num_joints:
+        raise InputError(f"--joint must be a joint number from 1 to {graph.num_joints} (the "
+                         f"model's skeleton), got {joint}")
     names = class_names([predictor], names_file)
     seen = run_sample(predictor, inputs, sample, labels, split)
     clear_out_dir(out)
@@ -189,13 +207,23 @@ def _save(figure, path: Path) -> Path:
 
 
 class _View:
-    """The 2-D view of a sample: x, and the up axis of person 0's spine; fixed limits over time."""
+    """The 2-D view of a sample: x, and an up axis (see the module's docstring); fixed limits over
+    time; the graph's edges as bones."""
 
-    def __init__(self, joints: np.ndarray):
+    def __init__(self, joints: np.ndarray, graph: Graph):
         person0 = joints[..., 0]                                   # (3, T, V)
-        spine = (person0[:, :, SPINE_SHOULDER] - person0[:, :, SPINE_BASE]).mean(axis=1)
-        self.up = 1 + int(np.argmax(np.abs(spine[1:])))            # y or z
-        self.sign = 1.0 if spine[self.up] >= 0 else -1.0
+        if graph.joint_names == NTU_JOINTS:
+            spine = (person0[:, :, SPINE_SHOULDER] - person0[:, :, SPINE_BASE]).mean(axis=1)
+            self.up = 1 + int(np.argmax(np.abs(spine[1:])))        # y or z
+            self.sign = 1.0 if spine[self.up] >= 0 else -1.0
+        else:
+            self.up = 1
+            present = np.abs(person0).sum(axis=0) > 0              # (T, V)
+            centre = graph.center
+            centre_above = (person0[1][present[:, centre], centre].mean() - person0[1][present].mean()
+                            if centre is not None and present[:, centre].any() else 0.0)
+            self.sign = -1.0 if centre_above < 0 else 1.0
+        self.edges = np.array(graph.inward_edges, dtype=int).reshape(-1, 2)
         self.points = np.stack([joints[0], self.sign * joints[self.up]], axis=-1)  # (T, V, M, 2)
         self.present = np.abs(joints).sum(axis=(0, 2)) > 0        # (T, M)
         shown = self.points[self.present.nonzero()[0], :, self.present.nonzero()[1]]
@@ -206,7 +234,7 @@ class _View:
 
     def bones(self, t: int, m: int) -> np.ndarray:
         """(E, 2, 2) line segments of person ``m``'s bones in frame ``t``; none if absent."""
-        return self.points[t, :, m][_EDGES] if self.present[t, m] else np.zeros((0, 2, 2))
+        return self.points[t, :, m][self.edges] if self.present[t, m] else np.zeros((0, 2, 2))
 
     def frame(self, axes, t: int, bone_colour=None, bone_width=2.0) -> list:
         """Person by person, a collection of bones drawn on fresh ``axes``; the GIF moves them."""
@@ -239,7 +267,7 @@ def _caption(seen: Visualized, names: list[str]) -> str:
 
 
 def draw(seen: Visualized, names: list[str], out: Path, joint: int) -> list[Path]:
-    view = _View(seen.joints)
+    view = _View(seen.joints, seen.graph)
     files = [_gif(seen, names, view, out / "skeleton.gif"),
              _strip(seen, names, view, out / "skeleton_strip.png"),
              _prediction(seen, names, out / "prediction.png")]
@@ -249,7 +277,7 @@ def draw(seen: Visualized, names: list[str], out: Path, joint: int) -> list[Path
         if attention.kind == "spatial":
             files.append(_spatial(attention, view, frames, out / f"ssa_unit{unit}.png"))
         else:
-            files.append(_temporal(attention, frames, joint, out / f"tsa_unit{unit}.png"))
+            files.append(_temporal(attention, frames, joint, seen.graph, out / f"tsa_unit{unit}.png"))
     return files
 
 
@@ -329,8 +357,9 @@ def _spatial(attention: AttentionMap, view: _View, frames: int, path: Path) -> P
         axes = figure.add_axes((left, 0.5, width, 0.38))
         axes.imshow(p, vmin=0, vmax=peak, cmap="viridis", interpolation="nearest")
         axes.set_title(title, fontsize=9)
-        axes.set_xticks([0, 12, 24], ["1", "13", "25"] if column == 0 else [], fontsize=6)
-        axes.set_yticks([0, 12, 24], ["1", "13", "25"] if column == 0 else [], fontsize=6)
+        ticks = [0, len(p) // 2, len(p) - 1]
+        axes.set_xticks(ticks, [str(t + 1) for t in ticks] if column == 0 else [], fontsize=6)
+        axes.set_yticks(ticks, [str(t + 1) for t in ticks] if column == 0 else [], fontsize=6)
         if column == 0:
             axes.set_ylabel("query joint", fontsize=7, labelpad=1)
             axes.set_xlabel("key joint", fontsize=7, labelpad=0)
@@ -356,7 +385,7 @@ def _spatial(attention: AttentionMap, view: _View, frames: int, path: Path) -> P
     return _save(figure, path)
 
 
-def _temporal(attention: AttentionMap, frames: int, joint: int, path: Path) -> Path:
+def _temporal(attention: AttentionMap, frames: int, joint: int, graph: Graph, path: Path) -> Path:
     figure = _figure(TSA_SIZE)
     of_joint = attention.probabilities[joint]                      # (H, L, L)
     panels = _heads_and_mean(of_joint)
@@ -372,8 +401,8 @@ def _temporal(attention: AttentionMap, frames: int, joint: int, path: Path) -> P
             axes.set_ylabel("query frame", fontsize=7)
             axes.set_xlabel("key frame", fontsize=7, labelpad=0)
     tokens = of_joint.shape[-1]
-    figure.suptitle(f"{attention.name} (temporal self-attention), person 1, joint {joint + 1} "
-                    f"({JOINT_NAMES[joint]}): frame-to-frame attention ({tokens} tokens of "
+    figure.suptitle(f"{attention.name} (temporal self-attention), person 1, "
+                    f"{joint_label(graph, joint)}: frame-to-frame attention ({tokens} tokens of "
                     f"{frames // tokens} frame(s); 0 to {peak:.2f}, uniform {1 / tokens:.2f})",
                     fontsize=10)
     return _save(figure, path)

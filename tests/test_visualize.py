@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sttr_fast import STTR
+from sttr_fast import STTR, ntu_graph
 from sttr_fast.attention import SpatialSelfAttention
 from sttr_fast.cli import main
 from sttr_fast.data.normalisation import pre_normalise
@@ -102,9 +102,9 @@ def test_the_gif_shows_at_most_100_frames_of_a_long_sample():
 
 def test_the_view_stands_the_skeleton_up_in_camera_and_in_pre_normalised_coordinates():
     camera, _ = generate_actions(1, frames=FRAMES, seed=3)   # y is up, as the camera sees it
-    assert _View(camera[0]).up == 1 and _View(camera[0]).sign == 1.0
+    assert _View(camera[0], ntu_graph()).up == 1 and _View(camera[0], ntu_graph()).sign == 1.0
     rotated = pre_normalise(camera[0])                       # the spine turned onto +z
-    assert _View(rotated).up == 2 and _View(rotated).sign == 1.0
+    assert _View(rotated, ntu_graph()).up == 2 and _View(rotated, ntu_graph()).sign == 1.0
 
 
 @pytest.mark.parametrize("stream", ["spatial", "temporal"])
@@ -175,7 +175,7 @@ def test_errors_are_one_line_naming_the_culprit(workspace, tmp_path, capsys, cas
         "missing input": ([], "nowhere"),
         "out holds files": ([], f"--out {out} holds files; pass --overwrite"),
         "joint out of range": (["--joint", "26"],
-                               "--joint must be an NTU joint number from 1 to 25, got 26"),
+                               "--joint must be a joint number from 1 to 25 (the model's skeleton), got 26"),
     }[case]
     inputs = {"bad input file": str(workspace / "bad"),
               "missing input": str(tmp_path / "nowhere")}.get(case, raw)

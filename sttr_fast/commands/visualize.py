@@ -4,14 +4,12 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
-    from ..visualize import DEFAULT_JOINT
-
     parser = subparsers.add_parser(
         "visualize", help="draw a sample, the predicted actions and the attention maps",
         description="Run a checkpoint on one sample of the inputs (prepared as sttr predict "
                     "prepares it) and draw into --out: the skeleton over time (skeleton.gif, "
                     "skeleton_strip.png), the top-5 actions (prediction.png), and per attention "
-                    "unit its maps: S-TR's joint-to-joint attention per head, as a 25x25 map and "
+                    "unit its maps: S-TR's joint-to-joint attention per head, as a joints x joints map and "
                     "as lines on the skeleton (ssa_unit<i>.png); T-TR's frame-to-frame attention "
                     "of one joint (tsa_unit<i>.png).")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -22,9 +20,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sample", type=int, default=0,
                         help="which sample, 0-based, counted over the inputs in order (default 0)")
     parser.add_argument("--out", required=True, help="the folder for the pictures")
-    parser.add_argument("--joint", type=int, default=DEFAULT_JOINT,
-                        help=f"the joint of the temporal maps, 1-25 in NTU's numbering (default "
-                             f"{DEFAULT_JOINT}: the right hand)")
+    parser.add_argument("--joint", type=int,
+                        help="the joint of the temporal maps, 1-based in the order of the model's "
+                             "skeleton graph (default: the right hand or wrist where the graph has "
+                             "one, else its centre; NTU RGB+D: 12)")
     parser.add_argument("--class-names", help="a text file with one action name per line")
     parser.add_argument("--labels", help="2s-AGCN label file (names, labels) for .npy inputs")
     parser.add_argument("--split", help="pyskl split to read (default: <data.benchmark>_val)")

@@ -35,12 +35,13 @@ class SkeletonDataset(torch.utils.data.Dataset):
 
     ``data[i]`` is one sample (C, T, V, M) holding the ``stored`` modality; ``modality`` (default:
     the stored one) is computed from it after the optional ``augmentation``; ``pre_normalise``
-    applies 2s-AGCN's pre-normalisation to stored joints first.
+    applies 2s-AGCN's pre-normalisation to stored joints first. Bones computed from joints follow
+    ``bone_parents`` (``Graph.bone_parents()``; default: NTU RGB+D's).
     """
 
     def __init__(self, data, labels, names=None, stored: str = "joint", modality: str | None = None,
                  augmentation: Augmentation | None = None, pre_normalise: bool = False,
-                 source: str = "dataset"):
+                 source: str = "dataset", bone_parents=None):
         modality = stored if modality is None else modality
         check_derivable(stored, modality)
         if pre_normalise and stored != "joint":
@@ -56,6 +57,7 @@ class SkeletonDataset(torch.utils.data.Dataset):
         self.stored, self.modality, self.source = stored, modality, source
         self.augmentation = augmentation if augmentation and not augmentation.is_identity else None
         self.pre_normalise = pre_normalise
+        self.bone_parents = None if bone_parents is None else tuple(bone_parents)
         if len(data):
             self._check_sample(np.asarray(data[0]), 0)
 
@@ -69,7 +71,7 @@ class SkeletonDataset(torch.utils.data.Dataset):
             x = pre_normalise_sample(x)
         if self.augmentation is not None:
             x = self.augmentation(x)
-        x = derive(x, self.stored, self.modality)
+        x = derive(x, self.stored, self.modality, self.bone_parents)
         return torch.from_numpy(np.ascontiguousarray(x)), self.labels[index]
 
     def sample_name(self, index: int) -> str:
@@ -91,6 +93,9 @@ class SkeletonDataset(torch.utils.data.Dataset):
         if x.ndim != 4 or x.shape[0] != CHANNELS[self.stored]:
             raise ValueError(f"{self.source}: sample {index} has shape {x.shape}; expected "
                              f"(C={CHANNELS[self.stored]}, T, V, M) for stored {self.stored!r} data")
+        if self.bone_parents is not None and x.shape[2] != len(self.bone_parents):
+            raise ValueError(f"{self.source}: sample {index} has {x.shape[2]} joints per body but "
+                             f"the skeleton graph has {len(self.bone_parents)}")
 
 
 class AGCNDataset(SkeletonDataset):
@@ -101,7 +106,7 @@ class AGCNDataset(SkeletonDataset):
 
     def __init__(self, data_path, label_path, modality: str | None = None, stored: str | None = None,
                  mmap: bool = True, augmentation: Augmentation | None = None,
-                 pre_normalise: bool = False):
+                 pre_normalise: bool = False, bone_parents=None):
         data_path, label_path = Path(data_path), Path(label_path)
         stored = stored or _stored_kind(data_path)
         names, labels = _read_label_file(label_path)
@@ -114,7 +119,7 @@ class AGCNDataset(SkeletonDataset):
                              f"{label_path} has {len(labels)}; are they of the same split?")
         super().__init__(data, labels, names, stored=stored, modality=modality,
                          augmentation=augmentation, pre_normalise=pre_normalise,
-                         source=str(data_path))
+                         source=str(data_path), bone_parents=bone_parents)
 
     @classmethod
     def in_folder(cls, folder, split: str = "train", stored: str = "joint", **options):
@@ -132,7 +137,7 @@ class PysklDataset(SkeletonDataset):
 
     def __init__(self, annotation_path, split: str, modality: str = "joint", frames: int = 300,
                  num_person: int = 2, augmentation: Augmentation | None = None,
-                 pre_normalise: bool = False):
+                 pre_normalise: bool = False, bone_parents=None):
         path = Path(annotation_path)
         content = load_data_pickle(path, "pyskl annotation file")
         if not (isinstance(content, dict) and isinstance(content.get("split"), dict)
@@ -156,7 +161,8 @@ class PysklDataset(SkeletonDataset):
         super().__init__(_PaddedKeypoints(annotations, frames, num_person, path),
                          [a["label"] for a in annotations], names, stored="joint",
                          modality=modality, augmentation=augmentation,
-                         pre_normalise=pre_normalise, source=f"{path}[{split}]")
+                         pre_normalise=pre_normalise, source=f"{path}[{split}]",
+                         bone_parents=bone_parents)
 
 
 class CTRGCNDataset(SkeletonDataset):
@@ -165,7 +171,8 @@ class CTRGCNDataset(SkeletonDataset):
     memory-mapped. The archive has no sample names: ``sample_name`` gives ``<file>[split]:<index>``."""
 
     def __init__(self, npz_path, split: str = "train", modality: str = "joint",
-                 augmentation: Augmentation | None = None, pre_normalise: bool = False):
+                 augmentation: Augmentation | None = None, pre_normalise: bool = False,
+                 bone_parents=None):
         path = Path(npz_path)
         source = f"{path}[{split}]"
         data = LazyArray(functools.partial(_open_ctrgcn_joints, path, split))
@@ -178,7 +185,8 @@ class CTRGCNDataset(SkeletonDataset):
             raise ValueError(f"{source}: y_{split} has shape {targets.shape}; expected one-hot "
                              "(N, classes) or labels (N,)")
         super().__init__(data, labels, None, stored="joint", modality=modality,
-                         augmentation=augmentation, pre_normalise=pre_normalise, source=source)
+                         augmentation=augmentation, pre_normalise=pre_normalise, source=source,
+                         bone_parents=bone_parents)
 
 
 class LazyArray:

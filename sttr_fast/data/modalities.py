@@ -1,14 +1,14 @@
 """Input modalities of the 2s-AGCN family computed from joints, and what each stored file can give.
 
-Bones follow the NTU edge list (child - parent, the spine-shoulder bone 21 is zero); motion is
-``x[t + 1] - x[t]`` with the last frame zero. Arrays are (C, T, V, M) or batches (N, C, T, V, M),
-numpy or torch.
+Bones follow the skeleton graph's inward edges (child - parent, the centre's bone is zero; by
+default NTU RGB+D's, whose spine-shoulder joint 21 is the centre); motion is ``x[t + 1] - x[t]`` with
+the last frame zero. Arrays are (C, T, V, M) or batches (N, C, T, V, M), numpy or torch.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..graph import NTU_INWARD_EDGES_1BASED
+from ..graph import ntu_graph
 
 MODALITIES = ("joint", "bone", "joint_bone", "joint_motion", "bone_motion")
 CHANNELS = {"joint": 3, "bone": 3, "joint_bone": 6, "joint_motion": 3, "bone_motion": 3}
@@ -25,17 +25,18 @@ DERIVABLE = {
 
 def ntu_bone_parents() -> np.ndarray:
     """(25,) 0-based parent of every NTU joint; joint 20 (spine shoulder) is its own parent."""
-    parents = np.arange(25)
-    for child, parent in NTU_INWARD_EDGES_1BASED:
-        parents[child - 1] = parent - 1
-    return parents
+    return np.array(ntu_graph().bone_parents())
 
 
 _NTU_PARENTS = ntu_bone_parents()
 
 
 def bones(joints, parents=_NTU_PARENTS):
-    """joint[v] - joint[parent[v]] for every joint v (the V axis, second from last)."""
+    """joint[v] - joint[parent[v]] for every joint v (the V axis, second from last); ``parents``
+    as ``Graph.bone_parents()`` gives them."""
+    if joints.shape[-2] != len(parents):
+        raise ValueError(f"the joints have {joints.shape[-2]} joints per body but the skeleton "
+                         f"graph's bones are for {len(parents)}")
     return joints - joints[..., list(parents), :]
 
 
@@ -59,8 +60,9 @@ def check_derivable(stored: str, wanted: str) -> None:
                          f"{DERIVABLE[stored]} (a joint file gives every modality)")
 
 
-def derive(x, stored: str, wanted: str):
-    """The ``wanted`` modality of a sample holding the ``stored`` one (both names in MODALITIES)."""
+def derive(x, stored: str, wanted: str, bone_parents=None):
+    """The ``wanted`` modality of a sample holding the ``stored`` one (both names in MODALITIES);
+    bones computed from joints follow ``bone_parents`` (default: NTU RGB+D's)."""
     check_derivable(stored, wanted)
     if stored == wanted:
         return x
@@ -71,7 +73,8 @@ def derive(x, stored: str, wanted: str):
         return joints
     if wanted == "joint_motion":
         return motion(joints)
-    bone = x[..., 3:6, :, :, :] if stored == "joint_bone" else bones(joints)
+    parents = _NTU_PARENTS if bone_parents is None else bone_parents
+    bone = x[..., 3:6, :, :, :] if stored == "joint_bone" else bones(joints, parents)
     if wanted == "bone":
         return bone
     if wanted == "bone_motion":

@@ -11,15 +11,18 @@ import torch
 from ..checkpoint import (CheckpointError, CheckpointMismatch, convert_official_state_dict,
                           load_torch_file, official_model_config, read_state_dict)
 from ..data.modalities import CHANNELS
+from ..graph import DEFAULT_GRAPH, graph_config_label, same_graph
 from .config import Config
-from .data import NUM_JOINTS
 
 TRAINING_FORMAT = "sttr_fast-train"   # written by sttr train
 IMPORTED_FORMAT = "sttr_fast"         # written by sttr import-checkpoint: STTR's arguments as config
 # The settings that decide the weights' shapes or what they mean (num_heads splits the same
-# weights differently; the modality is what the input channels hold).
+# weights differently; the modality is what the input channels hold; the graph is what the
+# joints are and how they connect).
 MODEL_SETTINGS = ("model.stream", "model.num_classes", "model.base_channels", "model.num_heads",
-                  "data.modality", "data.num_person")
+                  "model.graph", "model.tsa_stride_skips_frames", "data.modality", "data.num_person")
+# What a checkpoint written before a setting existed was built with.
+LEGACY_SETTINGS = {"model.graph": DEFAULT_GRAPH, "model.tsa_stride_skips_frames": False}
 
 
 @dataclass
@@ -28,15 +31,17 @@ class StoredCheckpoint:
     content: dict                    # what torch.load returned
     state: dict[str, torch.Tensor]   # the weights under sttr_fast's names
     config: dict | None              # the full training config, for sttr train's checkpoints
-    settings: dict[str, object]      # MODEL_SETTINGS it records, plus in_channels/num_point
+    settings: dict[str, object]      # MODEL_SETTINGS it records, plus in_channels
 
 
 def _from_model_arguments(arguments: dict) -> dict[str, object]:
     """The settings recorded by STTR's keyword arguments (imported and official checkpoints)."""
     return {"model.stream": arguments["stream"], "model.num_classes": arguments["num_classes"],
             "model.base_channels": arguments["base_channels"],
-            "data.num_person": arguments["num_person"], "in_channels": arguments["in_channels"],
-            "num_point": arguments.get("num_point", NUM_JOINTS)}
+            "model.graph": arguments.get("graph", LEGACY_SETTINGS["model.graph"]),
+            "model.tsa_stride_skips_frames": arguments.get(
+                "tsa_stride_skips_frames", LEGACY_SETTINGS["model.tsa_stride_skips_frames"]),
+            "data.num_person": arguments["num_person"], "in_channels": arguments["in_channels"]}
 
 
 def read_checkpoint(path, what: str = "checkpoint") -> StoredCheckpoint:
@@ -53,6 +58,8 @@ def read_checkpoint(path, what: str = "checkpoint") -> StoredCheckpoint:
             section, name = key.split(".")
             if name in stored.get(section, {}):
                 settings[key] = stored[section][name]
+            elif key in LEGACY_SETTINGS:
+                settings[key] = LEGACY_SETTINGS[key]
     elif content.get("format") == IMPORTED_FORMAT and isinstance(stored, dict):
         settings = _from_model_arguments(stored)
     elif any(key.startswith(("backbone.", "gcn0.")) for key in state):
@@ -73,9 +80,11 @@ def differences(settings: dict[str, object], config: Config) -> list[str]:
             if stored != channels:
                 lines.append(f"data.modality: checkpoint has {stored} input channels, config "
                              f"{config.data.modality!r} gives {channels}")
-        elif key == "num_point":
-            if stored != NUM_JOINTS:
-                lines.append(f"joints: checkpoint {stored}, config {NUM_JOINTS} (the NTU skeleton)")
+        elif key == "model.graph":
+            if not same_graph(stored, config.model.graph):
+                ours, theirs = graph_config_label(stored), graph_config_label(config.model.graph)
+                lines.append(f"model.graph: checkpoint {ours}, config {theirs}"
+                             + (" with other edges" if ours == theirs else ""))
         else:
             section, name = key.split(".")
             current = getattr(getattr(config, section), name)

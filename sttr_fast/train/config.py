@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from ..graph import DEFAULT_GRAPH, graph_from_config
+
 
 @dataclass
 class ModelConfig:
@@ -24,13 +26,19 @@ class ModelConfig:
     drop_attention: float = 0.5
     dropout: float = 0.5
     backend: str = "auto"
+    # A preset (sttr_fast/graph.py: ntu-rgbd, openpose-18, coco-17, ...) or a custom skeleton
+    # {num_joints: V, edges: [[i, j], ...], center: c}, 0-based, i pointing towards j.
+    graph: str | dict = DEFAULT_GRAPH
+    # The authors' stride-2 TSA for an even joint count: each token is every other frame. Only to
+    # load their Kinetics checkpoints (sttr import-checkpoint sets it); off trains the usual TSA.
+    tsa_stride_skips_frames: bool = False
 
 
 @dataclass
 class AugmentConfig:
     """ST-GCN-family augmentations of the training split; all off, as in ST-TR's NTU configs."""
     random_shift: bool = False
-    window: int = 0                  # random crop/pad to this many frames; 0 keeps the sequence
+    window: int = 0                  # ST-GCN's random choose: random crop/pad to this many frames; 0: off
     random_move: bool = False
     rotation_degrees: float = 0.0    # random 3-D rotation up to this angle; 0 disables
 
@@ -95,6 +103,11 @@ CHOICES = {
     "data.modality": ("joint", "bone", "joint_bone", "joint_motion", "bone_motion"),
     "train.amp": ("none", "bf16", "fp16"),
 }
+
+
+# Keys whose value a function checks instead of a type (it raises ValueError saying what is wrong);
+# their value is replaced whole by a later file or override, never merged key by key.
+CHECKED_BY = {"model.graph": graph_from_config}
 
 
 class ConfigError(ValueError):
@@ -172,6 +185,12 @@ def _apply(instance, values: dict, prefix: str, where: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {key} is a section; give its keys, got {value!r}")
             _apply(current, value, f"{key}.", where)
+        elif key in CHECKED_BY:
+            try:
+                CHECKED_BY[key](value)
+            except ValueError as error:
+                raise ConfigError(f"{where}: {key}: {error}") from None
+            setattr(instance, name, value)
         else:
             setattr(instance, name, _coerce(key, value, hints[name], where))
 
@@ -205,11 +224,12 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
-def _deep_merge(base: dict, overrides: dict) -> dict:
+def _deep_merge(base: dict, overrides: dict, prefix: str = "") -> dict:
     merged = dict(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        if (isinstance(value, dict) and isinstance(merged.get(key), dict)
+                and f"{prefix}{key}" not in CHECKED_BY):
+            merged[key] = _deep_merge(merged[key], value, f"{prefix}{key}.")
         else:
             merged[key] = value
     return merged

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from ..data import AGCNDataset, Augmentation, CTRGCNDataset, PysklDataset, SyntheticActionDataset
+from ..data.synthetic.body import NUM_JOINTS as SYNTHETIC_JOINTS
+from ..graph import Graph, graph_config_label, graph_from_config
 from .config import Config, ConfigError
 
-
-NUM_JOINTS = 25  # the network is built on the NTU skeleton
 PREPARE_HINT = ("`sttr prepare` writes the 2s-AGCN arrays and labels from the raw NTU skeletons, "
                 "e.g. sttr prepare --dataset ntu60 --raw-dir nturgb+d_skeletons --out-dir data/ntu60")
 
@@ -29,17 +29,34 @@ def _required(config: Config, key: str) -> str:
     return value
 
 
+def model_graph(config: Config) -> Graph:
+    """The skeleton graph of ``model.graph`` (load_config has checked it)."""
+    return graph_from_config(config.model.graph)
+
+
+def bone_parents(config: Config) -> tuple[int, ...] | None:
+    """The parents bones are computed with, if ``data.modality`` computes bones from joints."""
+    if config.data.modality not in ("bone", "joint_bone", "bone_motion"):
+        return None
+    try:
+        return model_graph(config).bone_parents()
+    except ValueError as error:
+        raise ConfigError(f"model.graph: {error} (data.modality={config.data.modality!r})") from None
+
+
 def _check_samples(dataset, config: Config, split: str, training: bool) -> None:
-    """Samples the network can take: 25 joints, data.num_person bodies, frames a multiple of 4."""
+    """Samples the network can take: the graph's joints, data.num_person bodies, frames a multiple
+    of 4."""
     if len(dataset) == 0:
         raise ConfigError(f"the {split} data {dataset.source} holds no samples")
     _, frames, joints, bodies = np.asarray(dataset.data[0]).shape
     if training and config.data.augment.window:
         frames = config.data.augment.window
     problems = []
-    if joints != NUM_JOINTS:
-        problems.append(f"{joints} joints per body (the network is built for the 25-joint NTU "
-                        "skeleton)")
+    graph_joints = model_graph(config).num_joints
+    if joints != graph_joints:
+        problems.append(f"{joints} joints per body where model.graph "
+                        f"{graph_config_label(config.model.graph)} has {graph_joints}")
     if bodies != config.data.num_person:
         problems.append(f"{bodies} bodies per sample where data.num_person={config.data.num_person}")
     if frames == 0 or frames % 4:
@@ -56,23 +73,31 @@ def build_dataset(config: Config, split: str, training: bool = False):
     augmentation = Augmentation(random_shift=augment.random_shift, window=augment.window or None,
                                 random_move=augment.random_move,
                                 rotation_degrees=augment.rotation_degrees) if training else None
+    parents = bone_parents(config)
     if data.format == "synthetic":
+        if model_graph(config).num_joints != SYNTHETIC_JOINTS:
+            raise ConfigError(f"data.format='synthetic' makes {SYNTHETIC_JOINTS}-joint NTU RGB+D "
+                              f"skeletons, but model.graph {graph_config_label(config.model.graph)} "
+                              f"has {model_graph(config).num_joints} joints")
         dataset = SyntheticActionDataset(
             num_samples=data.synthetic_train if split == "train" else data.synthetic_val,
             frames=data.frames, seed=data.synthetic_seed, split=split,
-            num_classes=config.model.num_classes, modality=data.modality, augmentation=augmentation)
+            num_classes=config.model.num_classes, modality=data.modality, augmentation=augmentation,
+            bone_parents=parents)
     elif data.format == "agcn":
         dataset = AGCNDataset(_required(config, f"{split}_data"), _required(config, f"{split}_label"),
-                              modality=data.modality, augmentation=augmentation)
+                              modality=data.modality, augmentation=augmentation,
+                              bone_parents=parents)
     elif data.format == "pyskl":
         annotation = data.val_data if split == "val" and data.val_data else _required(config, "train_data")
         dataset = PysklDataset(annotation, f"{data.benchmark}_{split}", modality=data.modality,
                                frames=data.frames, num_person=data.num_person,
-                               augmentation=augmentation)
+                               augmentation=augmentation, bone_parents=parents)
     else:
         archive = data.val_data if split == "val" and data.val_data else _required(config, "train_data")
         dataset = CTRGCNDataset(archive, "train" if split == "train" else "test",
-                                modality=data.modality, augmentation=augmentation)
+                                modality=data.modality, augmentation=augmentation,
+                                bone_parents=parents)
     if dataset.num_classes > config.model.num_classes:
         raise ConfigError(f"the {split} data {dataset.source} has labels up to "
                           f"{dataset.num_classes - 1} but model.num_classes="

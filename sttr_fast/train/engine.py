@@ -40,7 +40,8 @@ def build_model(config: Config) -> STTR:
     return STTR(num_classes=m.num_classes, stream=m.stream, in_channels=CHANNELS[config.data.modality],
                 base_channels=m.base_channels, num_person=config.data.num_person,
                 drop_attention=m.drop_attention, dropout=m.dropout, backend=m.backend,
-                num_heads=m.num_heads)
+                num_heads=m.num_heads, graph=m.graph,
+                tsa_stride_skips_frames=m.tsa_stride_skips_frames)
 
 
 def lr_factor(epoch: int, config: Config) -> float:

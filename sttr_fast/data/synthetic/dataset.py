@@ -37,10 +37,11 @@ class SyntheticActionDataset(SkeletonDataset):
 
     def __init__(self, num_samples: int = 1200, frames: int = 64, seed: int = 0,
                  split: str = "train", num_classes: int = NUM_CLASSES, modality: str = "joint",
-                 augmentation: Augmentation | None = None):
+                 augmentation: Augmentation | None = None, bone_parents=None):
         data, labels = generate_actions(num_samples, frames, seed, split, num_classes)
         names = [f"synthetic_{split}_{index:06d}_{ACTION_NAMES[label].replace(' ', '_')}"
                  for index, label in enumerate(labels)]
         super().__init__(data, labels, names, stored="joint", modality=modality,
-                         augmentation=augmentation, source=f"synthetic[{split}]")
+                         augmentation=augmentation, source=f"synthetic[{split}]",
+                         bone_parents=bone_parents)
         self.class_names = ACTION_NAMES[:num_classes]
