@@ -4,15 +4,17 @@ A checkpoint says how its training data were made (its stored config), and every
 exactly that before the network sees it:
 
 - raw NTU ``.skeleton`` files, for a model trained on NTU data (``data.format`` agcn, pyskl or
-  ctrgcn): ``sttr prepare``'s body selection and 2s-AGCN pre-normalisation, cut or padded to the
-  model's frames (docs/data.md §3-§4);
+  ctrgcn, ``model.graph`` an NTU preset): ``sttr prepare``'s body selection and 2s-AGCN
+  pre-normalisation, cut or padded to the model's frames (docs/data.md §3-§4); a model of another
+  skeleton refuses them;
 - raw ``.skeleton`` files for a model trained on the built-in synthetic actions: the synthetic
   dataset's own preparation (bodies in file order, the origin at the first body's spine mid in
   frame 0, no rotation), the recording resampled to the model's frames, since a synthetic action
   spans its whole window;
-- 2s-AGCN arrays (``*_data_<kind>.npy``, already prepared; names and labels from ``--labels``),
-  pyskl annotation pickles (one split) and CTR-GCN ``.npz`` archives (the test split), read as
-  training read them;
+- 2s-AGCN arrays (``*_data_<kind>.npy``, already prepared, as ``sttr prepare`` and ``sttr
+  convert`` write them; names and labels from ``--labels``), pyskl annotation pickles (one split)
+  and CTR-GCN ``.npz`` archives (the test split), read as training read them, with no
+  pre-normalisation; their joints must be the model's;
 
 then the checkpoint's modality (joint, bone, ...). Several checkpoints fuse by adding their logits
 (or, with ``softmax=True``, their probabilities), as ``sttr ensemble`` does.
@@ -36,13 +38,15 @@ from .data.skeleton_file import SkeletonParseError, read_skeleton
 from .data.synthetic.actions import ACTION_NAMES
 from .data.synthetic.generate import NUM_CLASSES as SYNTHETIC_CLASSES
 from .data.synthetic.generate import centred_sample
+from .graph import graph_config_label
 from .inference import InferenceModel
 from .train.checkpoints import read_checkpoint
 from .train.config import Config, load_config
-from .train.data import bone_parents
+from .train.data import bone_parents, model_graph
 from .train.engine import build_model
 
 NTU_ACTION_NAMES = Path(__file__).parent / "data" / "resources" / "ntu_action_names.txt"
+NTU_GRAPHS = ("ntu-rgbd", "ntu-rgbd-pyskl")  # the presets raw .skeleton recordings fit
 BATCH = 16
 
 
@@ -131,6 +135,8 @@ class Source:
             yield self._skeleton(predictor)
             return
         dataset = self._dataset(predictor)
+        if len(dataset):
+            _check_joints(self.path, np.asarray(dataset.data[0]).shape[2], predictor)
         for index in range(len(dataset)):
             x, label = dataset[index]
             has_label = self.kind != "agcn" or self.labels is not None
@@ -138,6 +144,11 @@ class Source:
 
     def _skeleton(self, predictor: Predictor):
         config = predictor.config
+        if not predictor.synthetic and config.model.graph not in NTU_GRAPHS:
+            # 2s-AGCN's pre-normalisation is defined on NTU's joints (spine, shoulders).
+            raise InputError(f"{self.path} is a raw NTU RGB+D recording but the checkpoint's model "
+                             f"is built for model.graph {graph_config_label(config.model.graph)}; "
+                             "give it arrays of its own skeleton (sttr convert writes them)")
         try:
             raw = read_skeleton(self.path)
         except SkeletonParseError as error:
@@ -176,6 +187,13 @@ class Source:
             return PysklDataset(self.path, self.split or f"{data.benchmark}_val", modality=data.modality,
                                 frames=data.frames, num_person=data.num_person, bone_parents=parents)
         return CTRGCNDataset(self.path, "test", modality=data.modality, bone_parents=parents)
+
+
+def _check_joints(path: Path, joints: int, predictor: Predictor) -> None:
+    expected = model_graph(predictor.config).num_joints
+    if joints != expected:
+        raise InputError(f"{path} holds {joints} joints per body but the checkpoint's model.graph "
+                         f"{graph_config_label(predictor.config.model.graph)} has {expected}")
 
 
 def _synthetic_preparation(raw, frames: int, num_person: int) -> np.ndarray:

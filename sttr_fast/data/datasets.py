@@ -221,7 +221,9 @@ class LazyArray:
 
 
 class _PaddedKeypoints:
-    """pyskl keypoints (M, T, V, 3) as (3, frames, V, num_person), zero-padded or cut."""
+    """pyskl keypoints (M, T, V, 3) as (3, frames, V, num_person), zero-padded or cut. 2-D
+    annotations (keypoint (M, T, V, 2)) carry the detection score apart, in ``keypoint_score``
+    (M, T, V); it becomes the third channel, as for every 2-D source (docs/data.md §9)."""
 
     def __init__(self, annotations, frames: int, num_person: int, path: Path):
         self.annotations, self.frames, self.num_person, self.path = (annotations, frames,
@@ -233,9 +235,18 @@ class _PaddedKeypoints:
     def __getitem__(self, index: int) -> np.ndarray:
         annotation = self.annotations[index]
         keypoint = np.asarray(annotation["keypoint"])
+        if keypoint.ndim == 4 and keypoint.shape[-1] == 2:
+            score = annotation.get("keypoint_score")
+            if score is None or np.shape(score) != keypoint.shape[:3]:
+                raise ValueError(f"{self.path}: {annotation['frame_dir']} has 2-D keypoint "
+                                 f"{keypoint.shape} and keypoint_score of shape "
+                                 f"{None if score is None else np.shape(score)}; expected "
+                                 f"{keypoint.shape[:3]}")
+            keypoint = np.concatenate([keypoint, np.asarray(score)[..., None]], axis=-1)
         if keypoint.ndim != 4 or keypoint.shape[-1] != 3:
             raise ValueError(f"{self.path}: {annotation['frame_dir']} has keypoint of shape "
-                             f"{keypoint.shape}; expected 3-D joints (M, T, V, 3)")
+                             f"{keypoint.shape}; expected (M, T, V, 3) joints, or (M, T, V, 2) "
+                             "with keypoint_score (M, T, V)")
         bodies, frames = min(len(keypoint), self.num_person), min(keypoint.shape[1], self.frames)
         sample = np.zeros((3, self.frames, keypoint.shape[2], self.num_person), np.float32)
         sample[:, :frames, :, :bodies] = keypoint[:bodies, :frames].transpose(3, 1, 2, 0)
