@@ -1,7 +1,7 @@
 // The problem description every attention kernel receives, the block context its per-thread code
 // sees, and the cooperative copies of (token, channel) tiles between global and shared memory.
 //
-// A kernel is a struct of phases (see csrc/kernel_runner.cuh): the device runs them with a
+// A kernel is a struct of phases (run_phase below): the device runs them with a
 // __syncthreads() between consecutive phases, the host build runs each phase for every thread of
 // a block before the next. Whatever a thread keeps from one phase to the next lives in its
 // ``Registers`` struct, whose arrays are indexed by constants only, so that they stay registers.
@@ -52,13 +52,13 @@ STTR_HD void with_typed_data(const Strided& x, Body body) {
 #if defined(__CUDA_ARCH__)
   switch (x.dtype) {
     case Dtype::float16:
-      body(static_cast<__half*>(x.data));
+      body(static_cast<__half*>(x.data));  // cost-model: only=fp16
       break;
     case Dtype::bfloat16:
-      body(static_cast<__nv_bfloat16*>(x.data));
+      body(static_cast<__nv_bfloat16*>(x.data));  // cost-model: only=bf16
       break;
     default:
-      body(static_cast<float*>(x.data));
+      body(static_cast<float*>(x.data));  // cost-model: only=fp32
   }
 #else
   if (x.dtype == Dtype::float64) {
@@ -117,7 +117,7 @@ STTR_HD void copy_box(int n0, int n1, int n2, const BlockContext& ctx, Read read
   const int total = n0 * n1 * n2;
   BoxWalk walk(ctx.thread, ctx.threads, n0, n1);
 #pragma unroll 1
-  for (int e = ctx.thread; e < total; e += kCopyBatch * ctx.threads) {
+  for (int e = ctx.thread; e < total; e += kCopyBatch * ctx.threads) {  // cost-model: loop=copy_box
     A values[kCopyBatch];
     int points[kCopyBatch][3];
 #pragma unroll
@@ -135,13 +135,30 @@ STTR_HD void copy_box(int n0, int n1, int n2, const BlockContext& ctx, Read read
   }
 }
 
-// How many phases a kernel runs: fixed (Kernel::kPhases > 0) or set by the problem.
+// A kernel's phases: either a fixed count (Kernel::kPhases > 0) of phase(step, ...), or, for one
+// that streams key tiles (kPhases == 0), start, tile(t, ...) for each of Kernel::tiles(p) tiles, and
+// finish. The device build runs them with a barrier before every phase but finish, which reads only
+// the thread's own registers (csrc/cuda_launch.cu); the host build runs every phase for all threads
+// of a block before the next (csrc/host_launch.cpp).
 template <class Kernel>
 STTR_HD int phase_count(const Problem& p) {
   if constexpr (Kernel::kPhases > 0) {
     return Kernel::kPhases;
   } else {
-    return Kernel::phases(p);
+    return Kernel::tiles(p) + 2;
+  }
+}
+
+template <class Kernel>
+STTR_HD void run_phase(int step, const Problem& p, const BlockContext& ctx, typename Kernel::Registers& r) {
+  if constexpr (Kernel::kPhases > 0) {
+    Kernel::phase(step, p, ctx, r);
+  } else if (step == 0) {
+    Kernel::start(p, ctx, r);
+  } else if (step <= Kernel::tiles(p)) {
+    Kernel::tile(step - 1, p, ctx, r);
+  } else {
+    Kernel::finish(p, ctx, r);
   }
 }
 

@@ -5,15 +5,28 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "dispatch.h"
 
 namespace sttr {
 namespace {
 
+// A fixed phase count, one phase per step of a fold with the step a compile-time constant: each
+// phase's code appears once, in order (a `#pragma unroll` loop was left rolled by nvcc for the
+// largest kernel, running every phase's switch in one loop).
+template <class Kernel, int... Steps>
+__device__ __forceinline__ void run_fixed_phases(const Problem& p, const BlockContext& ctx,
+                                                 typename Kernel::Registers& registers,
+                                                 std::integer_sequence<int, Steps...>) {
+  ((Steps ? __syncthreads() : void(), Kernel::phase(Steps, p, ctx, registers)), ...);
+}
+
 // The phases of one block with a barrier between consecutive ones; a thread's Registers live
-// across them. A fixed phase count (Kernel::kPhases > 0) is unrolled, so that every register's
-// lifetime ends with the last phase that uses it; otherwise it is one per key tile and one more.
+// across them. A fixed phase count (Kernel::kPhases > 0) runs unrolled, so that every register's
+// lifetime ends with the last phase that uses it; a kernel that streams key tiles runs start, one
+// tile phase per tile and finish (attention.cuh, run_phase), the tile loop alone being a loop, so
+// that the start and finish code stays out of it.
 template <class Kernel>
 __global__ void __launch_bounds__(Kernel::kMaxThreads, 1) run_phases(Problem p) {
   extern __shared__ __align__(16) unsigned char shared[];
@@ -21,17 +34,16 @@ __global__ void __launch_bounds__(Kernel::kMaxThreads, 1) run_phases(Problem p) 
                          static_cast<int>(blockDim.x), shared};
   typename Kernel::Registers registers;
   if constexpr (Kernel::kPhases > 0) {
-#pragma unroll
-    for (int step = 0; step < Kernel::kPhases; ++step) {
-      if (step) __syncthreads();
-      Kernel::phase(step, p, ctx, registers);
-    }
+    run_fixed_phases<Kernel>(p, ctx, registers, std::make_integer_sequence<int, Kernel::kPhases>{});
   } else {
-    const int phases = phase_count<Kernel>(p);
-    for (int step = 0; step < phases; ++step) {
-      if (step) __syncthreads();
-      Kernel::phase(step, p, ctx, registers);
+    Kernel::start(p, ctx, registers);
+    const int tiles = Kernel::tiles(p);
+#pragma unroll 1
+    for (int tile = 0; tile < tiles; ++tile) {  // cost-model: loop=tiles
+      __syncthreads();
+      Kernel::tile(tile, p, ctx, registers);
     }
+    Kernel::finish(p, ctx, registers);
   }
 }
 
@@ -70,11 +82,10 @@ void launch(Op op, Dtype dtype, Problem problem, void* stream) {
 }
 
 void launch_key_mask(const MaskParams& params, void* stream) {
-  constexpr int threads = 256;
-  const int64_t blocks = (params.numel + threads - 1) / threads;
+  const int64_t blocks = (params.numel + kKeyMaskThreads - 1) / kKeyMaskThreads;
   if (blocks == 0) return;
   if (blocks > kMaxBlocks) throw std::invalid_argument("sttr cuda kernels: the key mask needs more than 2^31 - 1 blocks");
-  key_mask_kernel<<<static_cast<unsigned>(blocks), threads, 0, static_cast<cudaStream_t>(stream)>>>(params);
+  key_mask_kernel<<<static_cast<unsigned>(blocks), kKeyMaskThreads, 0, static_cast<cudaStream_t>(stream)>>>(params);
   check(cudaGetLastError(), "key-mask launch");
 }
 

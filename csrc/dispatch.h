@@ -14,6 +14,8 @@ namespace sttr {
 
 // The most blocks a 1-D grid may have; sequences, frames and blocks stay below it (attention.cuh).
 constexpr int64_t kMaxBlocks = 2147483647;
+// Threads per block of the key-mask kernel, one keep decision each.
+constexpr int kKeyMaskThreads = 256;
 
 struct Geometry {
   int64_t blocks;

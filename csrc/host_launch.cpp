@@ -25,7 +25,7 @@ struct HostRunner {
         for (int thread = 0; thread < g.threads; ++thread) {
           const BlockContext ctx{static_cast<uint32_t>(block), thread, g.threads,
                                  reinterpret_cast<unsigned char*>(shared.data())};
-          Kernel::phase(step, p, ctx, registers[thread]);
+          run_phase<Kernel>(step, p, ctx, registers[thread]);
         }
       }
     }

@@ -252,6 +252,7 @@ STTR_HD A drop_eps(const Problem& p) { return p.keep ? A(kDropAttentionEps) : A(
 // Σ a·(m + 1e-8) = K + 1e-8·L.
 template <typename A, int DK, int DV, bool EXACT>
 struct SpatialForward {
+  static constexpr const char* kName = "SpatialForward";
   STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
   STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
   struct Registers {
@@ -294,12 +295,14 @@ struct SpatialForward {
     // Raw scores; the scale goes into the exponent's multiply-add (scale > 0 keeps the maximum).
     A row_max = neg_inf<A>();
 #pragma unroll 1
-    for (int j = 0; j < V; ++j) row_max = max_acc(row_max, dot_row<A, DK, EXACT>(q, keys + j * b.l.PK, dk(p)));
+    for (int j = 0; j < V; ++j) {  // cost-model: loop=joints
+      row_max = max_acc(row_max, dot_row<A, DK, EXACT>(q, keys + j * b.l.PK, dk(p)));
+    }
     const A scale = A(p.scale), scale_log2 = scale * A(kLog2e), eps = drop_eps<A>(p);
     A denominator = 0;
     fill(r.out, A(0));
 #pragma unroll 1
-    for (int j = 0; j < V; ++j) {
+    for (int j = 0; j < V; ++j) {  // cost-model: loop=joints
       const A a = exp2_acc((dot_row<A, DK, EXACT>(q, keys + j * b.l.PK, dk(p)) - row_max) * scale_log2);
       denominator += a * (mask[j] + eps);
       add_scaled_row<A, DV, EXACT>(r.out, a * mask[j], values + j * b.l.PV, dv(p));
@@ -318,6 +321,7 @@ struct SpatialForward {
 // dV = (m ⊙ q)ᵀ dO. No two blocks write the same element: no atomics.
 template <typename A, int DK, int DV, bool EXACT>
 struct SpatialBackward {
+  static constexpr const char* kName = "SpatialBackward";
   STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
   STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
   struct Registers {
@@ -379,7 +383,7 @@ struct SpatialBackward {
     const A statistic_log2 = static_cast<const A*>(p.stats)[b.flat_index(p)] * A(kLog2e);
     A d = 0;  // D = rowsum(P' ⊙ dP) = rowsum(dO ⊙ O)
 #pragma unroll 1
-    for (int j = 0; j < V; ++j) {
+    for (int j = 0; j < V; ++j) {  // cost-model: loop=joints
       const A w = exp2_acc(dot_row<A, DK, EXACT>(q, keys + j * b.l.PK, dk(p)) * scale_log2 - statistic_log2);
       const A grad_weight = dot_row<A, DV, EXACT>(dout, values + j * b.l.PV, dv(p));
       weights[j] = w;
@@ -388,7 +392,7 @@ struct SpatialBackward {
     }
     fill(r.dq, A(0));
 #pragma unroll 1
-    for (int j = 0; j < V; ++j) {
+    for (int j = 0; j < V; ++j) {  // cost-model: loop=joints
       // dS = q ⊙ (m ⊙ (dP − D) − 1e-8·D): dropped keys still see the 1e-8·L term.
       const A grad_score = weights[j] * (mask[j] * (grads[j] - d) - eps * d) * scale;
       grads[j] = grad_score;
@@ -407,7 +411,7 @@ struct SpatialBackward {
     fill(r.dk, A(0));
     fill(r.dv, A(0));
 #pragma unroll 1
-    for (int i = 0; i < V; ++i) {
+    for (int i = 0; i < V; ++i) {  // cost-model: loop=joints
       add_scaled_row<A, DK, EXACT>(r.dk, grads[i * b.l.PS], queries + i * b.l.PK, dk(p));
       add_scaled_row<A, DV, EXACT>(r.dv, keep * weights[i * b.l.PS], douts + i * b.l.PV, dv(p));
     }

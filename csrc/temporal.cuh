@@ -18,6 +18,11 @@ constexpr int kKeyTile = 32;
 // Threads (tokens) per temporal block at most; longer sequences are split into chunks (dispatch.h).
 constexpr int kTemporalThreads = 256;
 
+// Key (or query) tiles of a sequence: the tile phases of every temporal kernel.
+STTR_HD int temporal_tiles(const Problem& p) {
+  return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile);
+}
+
 // Shared memory of a temporal block: two buffers of kKeyTile rows of ``a_dims`` and ``b_dims``
 // channels and two per-row values (the mask, or Λ and D).
 struct TemporalLayout {
@@ -82,36 +87,52 @@ struct TemporalBlock {
   }
 
   // Channels [first, first + dims) of the tile's tokens into rows of ``tile``; missing tokens read
-  // the last existing one, unconditionally, and are zeroed. Where tokens have the smaller stride
-  // (the modules' layout, the contiguous one), thread t takes token t % kKeyTile and every
-  // (threads / kKeyTile)-th channel from t / kKeyTile on, kCopyBatch loads in flight: a warp
-  // reads 32 neighbouring tokens of a channel, a few instructions per element. Where channels
-  // have it (channels_last), copy_box puts neighbouring threads on neighbouring channels.
+  // the last existing one, unconditionally, and are zeroed. Each copy follows the tensor's smaller
+  // stride, so that neighbouring threads touch neighbouring addresses.
   STTR_HD void load_tile(const Strided& x, int64_t tile, int first, int dims, int row_pitch, A* rows,
                          const Problem& p, const BlockContext& ctx) const {
+    if (x.stride_t <= x.stride_c) {
+      load_tile_along_tokens(x, tile, first, dims, row_pitch, rows, p, ctx);  // cost-model: only=tokens_fastest
+    } else {
+      load_tile_along_channels(x, tile, first, dims, row_pitch, rows, p, ctx);  // cost-model: only=channels_fastest
+    }
+  }
+
+  // Tokens with the smaller stride (the modules' layout, the contiguous one): thread t takes token
+  // t % kKeyTile and every (threads / kKeyTile)-th channel from t / kKeyTile on, kCopyBatch loads in
+  // flight: a warp reads 32 neighbouring tokens of a channel, a few instructions per element.
+  STTR_HD void load_tile_along_tokens(const Strided& x, int64_t tile, int first, int dims, int row_pitch, A* rows,
+                                      const Problem& p, const BlockContext& ctx) const {
     const int valid = tile_rows(p, tile);
     const int64_t t0 = tile * kKeyTile;
     with_typed_data(x, [&](const auto* data) {
-      if (x.stride_t <= x.stride_c) {
-        const int row = ctx.thread % kKeyTile, group = ctx.thread / kKeyTile, groups = ctx.threads / kKeyTile;
-        const auto* token = data + offset(x, t0 + (row < valid ? row : valid - 1), first);
-        A* out = rows + row * row_pitch;
-        // kCopyBatch loads before any store, channels past the end reloading the batch's first.
+      const int row = ctx.thread % kKeyTile, group = ctx.thread / kKeyTile, groups = ctx.threads / kKeyTile;
+      const auto* token = data + offset(x, t0 + (row < valid ? row : valid - 1), first);
+      A* out = rows + row * row_pitch;
+      // kCopyBatch loads before any store, channels past the end reloading the batch's first.
 #pragma unroll 1
-        for (int c0 = group; c0 < dims; c0 += kCopyBatch * groups) {
-          A values[kCopyBatch];
+      for (int c0 = group; c0 < dims; c0 += kCopyBatch * groups) {  // cost-model: loop=token_copy
+        A values[kCopyBatch];
 #pragma unroll
-          for (int k = 0; k < kCopyBatch; ++k) {
-            const int c = c0 + k * groups;
-            values[k] = load_typed<A>(token, static_cast<int64_t>(c < dims ? c : c0) * x.stride_c);
-          }
-#pragma unroll
-          for (int k = 0; k < kCopyBatch; ++k) {
-            if (c0 + k * groups < dims) out[c0 + k * groups] = row < valid ? values[k] : A(0);
-          }
+        for (int k = 0; k < kCopyBatch; ++k) {
+          const int c = c0 + k * groups;
+          values[k] = load_typed<A>(token, static_cast<int64_t>(c < dims ? c : c0) * x.stride_c);
         }
-        return;
+#pragma unroll
+        for (int k = 0; k < kCopyBatch; ++k) {
+          if (c0 + k * groups < dims) out[c0 + k * groups] = row < valid ? values[k] : A(0);
+        }
       }
+    });
+  }
+
+  // Channels with the smaller stride (channels_last): copy_box puts neighbouring threads on
+  // neighbouring channels.
+  STTR_HD void load_tile_along_channels(const Strided& x, int64_t tile, int first, int dims, int row_pitch,
+                                        A* rows, const Problem& p, const BlockContext& ctx) const {
+    const int valid = tile_rows(p, tile);
+    const int64_t t0 = tile * kKeyTile;
+    with_typed_data(x, [&](const auto* data) {
       copy_box<A>(
           dims, kKeyTile, 1, ctx,
           [&](int c, int row, int) {
@@ -121,7 +142,6 @@ struct TemporalBlock {
           [&](int c, int row, int, A value) { rows[row * row_pitch + c] = value; });
     });
   }
-
 };
 
 template <typename A, int D, bool EXACT>
@@ -152,6 +172,7 @@ STTR_HD void store_global_row(const A (&x)[D], A scale, const Strided& tensor, i
 // float32, kept weights relative to a dropped maximum are lost only below 2^-126).
 template <typename A, int DK, int DV, bool EXACT>
 struct TemporalForward {
+  static constexpr const char* kName = "TemporalForward";
   STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
   STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
   struct Registers {
@@ -159,42 +180,44 @@ struct TemporalForward {
     A row_max, denominator;
   };
   static constexpr int kMaxThreads = kTemporalThreads;
-  static constexpr int kPhases = 0;  // one per key tile, and one more
-  STTR_HD static int phases(const Problem& p) { return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile) + 1; }
+  static constexpr int kPhases = 0;  // start, one per key tile, finish
+  STTR_HD static int tiles(const Problem& p) { return temporal_tiles(p); }
 
   STTR_HD static void load_keys(const Problem& p, const TemporalBlock<A>& b, int64_t tile, const BlockContext& ctx) {
-    b.load_tile(p.qkv, tile, (p.H + b.head) * dk(p), dk(p), b.l.PA, b.buffer(ctx, tile, b.l.a), p, ctx);
-    b.load_tile(p.qkv, tile, 2 * p.H * dk(p) + b.head * dv(p), dv(p), b.l.PB,
-                            b.buffer(ctx, tile, b.l.b), p, ctx);
+    const int k_channel = (p.H + b.head) * dk(p), v_channel = 2 * p.H * dk(p) + b.head * dv(p);
+    b.load_tile(p.qkv, tile, k_channel, dk(p), b.l.PA, b.buffer(ctx, tile, b.l.a), p, ctx);  // cost-model: dims=dk
+    b.load_tile(p.qkv, tile, v_channel, dv(p), b.l.PB, b.buffer(ctx, tile, b.l.b), p, ctx);  // cost-model: dims=dv
     A* mask = b.buffer(ctx, tile, b.l.scalar0);
     const int valid = b.tile_rows(p, tile);
-    for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {
+#pragma unroll 1
+    for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {  // cost-model: loop=tile_rows
       mask[row] = row >= valid ? A(0) : p.keep ? A(p.keep[b.flat_index(p, tile * kKeyTile + row)] ? 1 : 0) : A(1);
     }
   }
 
-  STTR_HD static void phase(int step, const Problem& p, const BlockContext& ctx, Registers& r) {
+  STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r) {
     const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (step == 0) {
-      if (b.active(p)) {
-        load_global_row<A, DK, EXACT>(r.q, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, b.head * dk(p), dk(p));
-        fill(r.acc, A(0));
-        r.row_max = neg_inf<A>();
-        r.denominator = 0;
-      }
-      load_keys(p, b, 0, ctx);
-      return;
+    if (b.active(p)) {
+      load_global_row<A, DK, EXACT>(r.q, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, b.head * dk(p), dk(p));
+      fill(r.acc, A(0));
+      r.row_max = neg_inf<A>();
+      r.denominator = 0;
     }
-    const int64_t tile = step - 1;
+    load_keys(p, b, 0, ctx);
+  }
+
+  STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r) {
+    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
     if (tile + 1 < b.tiles) load_keys(p, b, tile + 1, ctx);
+    if (b.active(p)) attend_tile(p, b, tile, ctx, r);
+  }
+
+  STTR_HD static void finish(const Problem& p, const BlockContext& ctx, Registers& r) {
+    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
     if (!b.active(p)) return;
-    attend_tile(p, b, tile, ctx, r);
-    if (tile + 1 == b.tiles) {
-      const A inverse = reciprocal(r.denominator);
-      store_global_row<A, DV, EXACT>(r.acc, inverse, p.out, b.offset(p.out, b.token, 0), b.head * dv(p), dv(p));
-      static_cast<A*>(p.stats)[b.flat_index(p, b.token)] =
-          r.row_max * A(p.scale) + log_acc(r.denominator);
-    }
+    const A inverse = reciprocal(r.denominator);
+    store_global_row<A, DV, EXACT>(r.acc, inverse, p.out, b.offset(p.out, b.token, 0), b.head * dv(p), dv(p));
+    static_cast<A*>(p.stats)[b.flat_index(p, b.token)] = r.row_max * A(p.scale) + log_acc(r.denominator);
   }
 
   STTR_HD static void attend_tile(const Problem& p, const TemporalBlock<A>& b, int64_t tile,
@@ -209,7 +232,9 @@ struct TemporalForward {
     // less than holding kKeyTile scores in registers, which made ptxas spill.
     A tile_max = neg_inf<A>();
 #pragma unroll 1
-    for (int j = 0; j < valid; ++j) tile_max = max_acc(tile_max, dot_row<A, DK, EXACT>(r.q, keys + j * b.l.PA, dk(p)));
+    for (int j = 0; j < valid; ++j) {  // cost-model: loop=tile_keys
+      tile_max = max_acc(tile_max, dot_row<A, DK, EXACT>(r.q, keys + j * b.l.PA, dk(p)));
+    }
     // Every tile holds a valid key, so the new maximum is finite; the first rescale is exp(−inf) = 0.
     const A row_max = max_acc(r.row_max, tile_max);
     const A rescale = exp2_acc((r.row_max - row_max) * scale_log2);
@@ -218,7 +243,7 @@ struct TemporalForward {
 #pragma unroll
     for (int c = 0; c < DV; ++c) r.acc[c] *= rescale;
 #pragma unroll 1
-    for (int j = 0; j < valid; ++j) {
+    for (int j = 0; j < valid; ++j) {  // cost-model: loop=tile_keys
       const A a = exp2_acc((dot_row<A, DK, EXACT>(r.q, keys + j * b.l.PA, dk(p)) - row_max) * scale_log2);
       r.denominator += a * (mask[j] + eps);
       add_scaled_row<A, DV, EXACT>(r.acc, a * mask[j], values + j * b.l.PB, dv(p));
@@ -231,6 +256,7 @@ struct TemporalForward {
 // dS = q ⊙ (m ⊙ (dP − D) − 1e-8·D) and dQ = dS·K (docs/kernels.md §7).
 template <typename A, int DK, int DV, bool EXACT>
 struct TemporalBackwardQuery {
+  static constexpr const char* kName = "TemporalBackwardQuery";
   STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
   STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
   struct Registers {
@@ -238,17 +264,17 @@ struct TemporalBackwardQuery {
     A statistic_log2, d;
   };
   static constexpr int kMaxThreads = kTemporalThreads;
-  static constexpr int kPhases = 0;  // one per key tile, and one more
-  STTR_HD static int phases(const Problem& p) { return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile) + 1; }
+  static constexpr int kPhases = 0;  // start, one per key tile, finish
+  STTR_HD static int tiles(const Problem& p) { return temporal_tiles(p); }
 
-  STTR_HD static void phase(int step, const Problem& p, const BlockContext& ctx, Registers& r) {
+  STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r) {
     const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (step == 0) {
-      if (b.active(p)) start(p, b, r);
-      TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, 0, ctx);
-      return;
-    }
-    const int64_t tile = step - 1;
+    if (b.active(p)) load_rows(p, b, r);
+    TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, 0, ctx);
+  }
+
+  STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r) {
+    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
     if (tile + 1 < b.tiles) TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, tile + 1, ctx);
     if (!b.active(p)) return;
     const A* keys = b.buffer(ctx, tile, b.l.a);
@@ -257,18 +283,22 @@ struct TemporalBackwardQuery {
     const int valid = b.tile_rows(p, tile);
     const A scale_log2 = A(p.scale) * A(kLog2e), eps = drop_eps<A>(p);
 #pragma unroll 1
-    for (int j = 0; j < valid; ++j) {
+    for (int j = 0; j < valid; ++j) {  // cost-model: loop=tile_keys
       const A w = exp2_acc(dot_row<A, DK, EXACT>(r.q, keys + j * b.l.PA, dk(p)) * scale_log2 - r.statistic_log2);
       const A grad_weight = dot_row<A, DV, EXACT>(r.dout, values + j * b.l.PB, dv(p));
       add_scaled_row<A, DK, EXACT>(r.dq, w * (mask[j] * (grad_weight - r.d) - eps * r.d), keys + j * b.l.PA, dk(p));
     }
-    if (tile + 1 == b.tiles) {
-      store_global_row<A, DK, EXACT>(r.dq, A(p.scale), p.grad_qkv,
-                                        b.offset(p.grad_qkv, b.token, 0), b.head * dk(p), dk(p));
-    }
   }
 
-  STTR_HD static void start(const Problem& p, const TemporalBlock<A>& b, Registers& r) {
+  STTR_HD static void finish(const Problem& p, const BlockContext& ctx, Registers& r) {
+    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
+    if (!b.active(p)) return;
+    store_global_row<A, DK, EXACT>(r.dq, A(p.scale), p.grad_qkv, b.offset(p.grad_qkv, b.token, 0), b.head * dk(p),
+                                   dk(p));
+  }
+
+  // This thread's q and dO rows, and D = rowsum(dO ⊙ O) from the saved output.
+  STTR_HD static void load_rows(const Problem& p, const TemporalBlock<A>& b, Registers& r) {
     load_global_row<A, DK, EXACT>(r.q, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, b.head * dk(p), dk(p));
     load_global_row<A, DV, EXACT>(r.dout, p.grad_out, b.offset(p.grad_out, b.token, 0), b.head * dv(p), dv(p));
     A out[DV];
@@ -288,6 +318,7 @@ struct TemporalBackwardQuery {
 // query kernel (same stream), which wrote D.
 template <typename A, int DK, int DV, bool EXACT>
 struct TemporalBackwardKey {
+  static constexpr const char* kName = "TemporalBackwardKey";
   STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
   STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
   struct Registers {
@@ -295,38 +326,41 @@ struct TemporalBackwardKey {
     A keep;
   };
   static constexpr int kMaxThreads = kTemporalThreads;
-  static constexpr int kPhases = 0;  // one per key tile, and one more
-  STTR_HD static int phases(const Problem& p) { return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile) + 1; }
+  static constexpr int kPhases = 0;  // start, one per key tile, finish
+  STTR_HD static int tiles(const Problem& p) { return temporal_tiles(p); }
 
   STTR_HD static void load_queries(const Problem& p, const TemporalBlock<A>& b, int64_t tile, const BlockContext& ctx) {
-    b.load_tile(p.qkv, tile, b.head * dk(p), dk(p), b.l.PA, b.buffer(ctx, tile, b.l.a), p, ctx);
-    b.load_tile(p.grad_out, tile, b.head * dv(p), dv(p), b.l.PB, b.buffer(ctx, tile, b.l.b), p, ctx);
+    const int q_channel = b.head * dk(p), dout_channel = b.head * dv(p);
+    b.load_tile(p.qkv, tile, q_channel, dk(p), b.l.PA, b.buffer(ctx, tile, b.l.a), p, ctx);  // cost-model: dims=dk
+    b.load_tile(p.grad_out, tile, dout_channel, dv(p), b.l.PB, b.buffer(ctx, tile, b.l.b), p,  // cost-model: dims=dv
+                ctx);
     A* statistics_log2 = b.buffer(ctx, tile, b.l.scalar0);
     A* d = b.buffer(ctx, tile, b.l.scalar1);
     const int valid = b.tile_rows(p, tile);
-    for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {
+#pragma unroll 1
+    for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {  // cost-model: loop=tile_rows
       const int64_t index = b.flat_index(p, tile * kKeyTile + row);
       statistics_log2[row] = row < valid ? static_cast<const A*>(p.stats)[index] * A(kLog2e) : A(0);
       d[row] = row < valid ? static_cast<const A*>(p.delta)[index] : A(0);
     }
   }
 
-  STTR_HD static void phase(int step, const Problem& p, const BlockContext& ctx, Registers& r) {
+  STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r) {
     const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (step == 0) {
-      if (b.active(p)) {
-        load_global_row<A, DK, EXACT>(r.k, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, (p.H + b.head) * dk(p),
-                                         dk(p));
-        load_global_row<A, DV, EXACT>(r.v, p.qkv, b.qkv_base + b.token * p.qkv.stride_t,
-                                         2 * p.H * dk(p) + b.head * dv(p), dv(p));
-        r.keep = p.keep ? A(p.keep[b.flat_index(p, b.token)] ? 1 : 0) : A(1);
-        fill(r.dk, A(0));
-        fill(r.dv, A(0));
-      }
-      load_queries(p, b, 0, ctx);
-      return;
+    if (b.active(p)) {
+      load_global_row<A, DK, EXACT>(r.k, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, (p.H + b.head) * dk(p),
+                                    dk(p));
+      load_global_row<A, DV, EXACT>(r.v, p.qkv, b.qkv_base + b.token * p.qkv.stride_t,
+                                    2 * p.H * dk(p) + b.head * dv(p), dv(p));
+      r.keep = p.keep ? A(p.keep[b.flat_index(p, b.token)] ? 1 : 0) : A(1);
+      fill(r.dk, A(0));
+      fill(r.dv, A(0));
     }
-    const int64_t tile = step - 1;
+    load_queries(p, b, 0, ctx);
+  }
+
+  STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r) {
+    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
     if (tile + 1 < b.tiles) load_queries(p, b, tile + 1, ctx);
     if (!b.active(p)) return;
     const A* queries = b.buffer(ctx, tile, b.l.a);
@@ -336,7 +370,7 @@ struct TemporalBackwardKey {
     const int valid = b.tile_rows(p, tile);
     const A scale_log2 = A(p.scale) * A(kLog2e), eps = drop_eps<A>(p);
 #pragma unroll 1
-    for (int i = 0; i < valid; ++i) {
+    for (int i = 0; i < valid; ++i) {  // cost-model: loop=tile_keys
       const A* query = queries + i * b.l.PA;
       const A* dout = douts + i * b.l.PB;
       const A w = exp2_acc(dot_row<A, DK, EXACT>(r.k, query, dk(p)) * scale_log2 - statistics_log2[i]);
@@ -349,11 +383,14 @@ struct TemporalBackwardKey {
       });
       add_scaled_row<A, DK, EXACT>(r.dk, w * (r.keep * (grad_weight - d[i]) - eps * d[i]), query, dk(p));
     }
-    if (tile + 1 == b.tiles) {
-      const int64_t base = b.offset(p.grad_qkv, b.token, 0);
-      store_global_row<A, DK, EXACT>(r.dk, A(p.scale), p.grad_qkv, base, (p.H + b.head) * dk(p), dk(p));
-      store_global_row<A, DV, EXACT>(r.dv, A(1), p.grad_qkv, base, 2 * p.H * dk(p) + b.head * dv(p), dv(p));
-    }
+  }
+
+  STTR_HD static void finish(const Problem& p, const BlockContext& ctx, Registers& r) {
+    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
+    if (!b.active(p)) return;
+    const int64_t base = b.offset(p.grad_qkv, b.token, 0);
+    store_global_row<A, DK, EXACT>(r.dk, A(p.scale), p.grad_qkv, base, (p.H + b.head) * dk(p), dk(p));
+    store_global_row<A, DV, EXACT>(r.dv, A(1), p.grad_qkv, base, 2 * p.H * dk(p) + b.head * dv(p), dv(p));
   }
 };
 
