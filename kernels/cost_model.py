@@ -16,11 +16,14 @@ bounds: its minimum bytes (every input read once, every output written once) ove
 bandwidth, and the exponentials it needs (one per score of its padded tiles) over the MUFU rate.
 The predicted fraction of speed of light is bound / max(bound, issue time). It ignores latency,
 occupancy, caches, access patterns and the difference between tensor-core, FMA and memory pipes:
-docs/cost-model.md says how to read it. A measurement on a GPU replaces it.
+docs/cost-model.md says how to read it. A measurement on a GPU replaces it. The cuda backend's
+kernels (csrc/) get rows of the same kind from nvcc's cubin (kernels/cuda_cost_model.py,
+docs/cost-model.md §10).
 
     python -m sttr_fast.kernels.cost_model [--device h100|h200|a100] [--family spatial|temporal|all]
                                            [--kernel NAME] [--quick] [--all-configs]
                                            [--layout module|contiguous|channels_last]
+                                           [--backend all|triton|cuda]
                                            [--jobs N] [--json PATH] [--markdown PATH]
 
 Must run with ``TRITON_INTERPRET`` unset: the interpreter replaces kernels by Python functions.
@@ -44,7 +47,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from ..ops import custom_ops
-from . import compile_report, dropattention_rng, spatial_attention, temporal_attention
+from . import compile_report, cuda_cost_model, dropattention_rng, spatial_attention, temporal_attention
 from .attention_common import padded_dim
 
 # --- devices ---------------------------------------------------------------------------------------
@@ -218,6 +221,28 @@ class Work:
     exps: int        # exponentials the algorithm needs, on tiles padded as the kernel pads them
 
 
+def minimum_bytes(kernel: str, layer: Layer, dtype: str) -> int:
+    """Every input read once, every output written once (docs/cost-model.md §5): the same for
+    every backend."""
+    if kernel in KEY_MASK_KERNELS:
+        return BATCH * layer.tokens * HEADS * JOINTS
+    size = DTYPES[dtype].itemsize
+    dk, dv = HEADS * layer.dkh, HEADS * layer.dvh
+    tokens = BATCH * layer.tokens * JOINTS
+    channels = lambda c: tokens * c * size  # noqa: E731
+    per_query = tokens * HEADS * 4
+    qkv = channels(2 * dk + dv)
+    if kernel in ("spatial_forward", "temporal_forward"):
+        return qkv + channels(dv) + per_query
+    if kernel == "spatial_backward":
+        return 2 * qkv + channels(dv) + per_query
+    if kernel == "temporal_backward_query":
+        # Reads qkv, out and dO and the statistics; writes dQ and D.
+        return qkv + 2 * channels(dv) + channels(dk) + 2 * per_query
+    # Reads qkv, dO, the statistics and D; writes dK and dV.
+    return qkv + channels(dv) + channels(dk + dv) + 2 * per_query
+
+
 def work(kernel: str, layer: Layer, dtype: str, drop: bool, config: triton.Config) -> Work:
     """One exponential per padded score, plus the online softmax's one rescale per query row and
     key block in the temporal forward. A second exponential per score for DropAttention's kept
@@ -225,21 +250,12 @@ def work(kernel: str, layer: Layer, dtype: str, drop: bool, config: triton.Confi
     if kernel in KEY_MASK_KERNELS:
         keys = BATCH * layer.tokens * HEADS * JOINTS
         return Work(triton.cdiv(keys, config.kwargs["BLOCK"]), 0, keys, 0)
-    size = DTYPES[dtype].itemsize
-    dk, dv = HEADS * layer.dkh, HEADS * layer.dvh
-    # One (N', C, T, V) tensor of C channels in bytes, and one float32 per (sequence, head, token).
-    tokens = BATCH * layer.tokens * JOINTS
-    channels = lambda c: tokens * c * size  # noqa: E731
-    per_query = tokens * HEADS * 4
-    qkv = channels(2 * dk + dv)
+    size, needed = DTYPES[dtype].itemsize, minimum_bytes(kernel, layer, dtype)
     if layer.family == "spatial":
         frames, block_v, block_f = BATCH * layer.tokens, padded_dim(JOINTS), config.kwargs["BLOCK_F"]
         programs = triton.cdiv(frames, block_f) * HEADS
         tiles = programs * block_f   # (frame, head) score tiles, padded frames included
-        scores = tiles * block_v * block_v
-        if kernel == "spatial_forward":
-            return Work(programs, block_f, qkv + channels(dv) + per_query, scores)
-        return Work(programs, block_f, 2 * qkv + channels(dv) + per_query, scores)
+        return Work(programs, block_f, needed, tiles * block_v * block_v)
     # Every temporal kernel: a program owns BLOCK_M tokens (queries, or keys in backward_key) and
     # streams the sequence in blocks of BLOCK_N. With 16-bit operands the loop runs over the
     # whole blocks and the last, partial one is a copy of its body after it (outside the loop,
@@ -251,13 +267,8 @@ def work(kernel: str, layer: Layer, dtype: str, drop: bool, config: triton.Confi
     trips = length // block_n if temporal_attention.peels_last_block(size) else streamed_blocks
     scores = programs * block_m * streamed_blocks * block_n
     if kernel == "temporal_forward":
-        return Work(programs, trips, qkv + channels(dv) + per_query,
-                    scores + programs * block_m * streamed_blocks)
-    if kernel == "temporal_backward_query":
-        # Reads qkv, out and dO and the statistics; writes dQ and D.
-        return Work(programs, trips, qkv + 2 * channels(dv) + channels(dk) + 2 * per_query, scores)
-    # Reads qkv, dO, the statistics and D; writes dK and dV.
-    return Work(programs, trips, qkv + channels(dv) + channels(dk + dv) + 2 * per_query, scores)
+        return Work(programs, trips, needed, scores + programs * block_m * streamed_blocks)
+    return Work(programs, trips, needed, scores)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -607,6 +618,8 @@ class Planned:
 
 # The choices the launcher may make, which the summaries take.
 LAUNCHED = ("first", "candidate")
+# Triton's kernels (kernels/), the cuda backend's (csrc/, rows from kernels/cuda_cost_model.py).
+BACKENDS = ("triton", "cuda")
 
 
 def plan(family: str = "all", kernels: list[str] | None = None, quick: bool = False,
@@ -663,7 +676,8 @@ def row(planned: Planned, facts: dict, device: Device) -> dict:
     ex2_lanes = 32 * needed.programs * facts["num_warps"] * (
         counts["mufu_ex2"] - counts["loop_mufu_ex2"] + counts["loop_mufu_ex2"] * needed.trips)
     family, direction = KERNELS[job.kernel]
-    return {"kernel": job.kernel, "family": family, "direction": direction, "layer": job.layer.name,
+    return {"backend": "triton", "kernel": job.kernel, "family": family, "direction": direction,
+            "layer": job.layer.name,
             "stream": job.layer.stream, "tokens": job.layer.tokens, "dkh": job.layer.dkh,
             "dvh": job.layer.dvh, "layer_count": job.layer.count, "dtype": job.dtype, "drop": job.drop,
             "layout": job.layout, "arch": job.arch, "config": config_label(config),
@@ -690,10 +704,10 @@ def row(planned: Planned, facts: dict, device: Device) -> dict:
 def add_drop_ratios(rows: list[dict]) -> None:
     """Loop instructions with DropAttention over those without, same kernel, layer, dtype and
     config, on the rows with DropAttention."""
-    plain = {(r["kernel"], r["layer"], r["dtype"], r["config"]): r["loop_instructions"]
+    plain = {(r["backend"], r["kernel"], r["layer"], r["dtype"], r["config"]): r["loop_instructions"]
              for r in rows if not r["drop"]}
     for r in rows:
-        without = plain.get((r["kernel"], r["layer"], r["dtype"], r["config"]))
+        without = plain.get((r["backend"], r["kernel"], r["layer"], r["dtype"], r["config"]))
         if r["drop"] and without:
             r["drop_loop_ratio"] = r["loop_instructions"] / without
 
@@ -703,7 +717,7 @@ def drop_ratio_summary(rows: list[dict]) -> dict:
     configs the launcher may pick."""
     ratios: dict[str, dict[str, list[float]]] = {}
     for r in rows:
-        if r["drop_loop_ratio"] is not None and r["choice"] in LAUNCHED:
+        if r["drop_loop_ratio"] is not None and r["choice"] in LAUNCHED and r["backend"] == "triton":
             ratios.setdefault(r["kernel"], {}).setdefault(r["dtype"], []).append(r["drop_loop_ratio"])
     return {kernel: {dtype: {"min": min(v), "max": max(v)} for dtype, v in by_dtype.items()}
             for kernel, by_dtype in ratios.items()}
@@ -720,20 +734,21 @@ def model_summary(rows: list[dict]) -> list[dict]:
     modes = (("training", True, ("forward", "backward")), ("inference", False, ("forward",)))
     on_path = [r for r in rows if r["choice"] in LAUNCHED]
     summary = []
-    for family, stream, dtype in sorted({(r["family"], r["stream"], r["dtype"]) for r in on_path
-                                         if r["kernel"] not in KEY_MASK_KERNELS}):
+    for backend, family, stream, dtype in sorted({(r["backend"], r["family"], r["stream"], r["dtype"])
+                                                  for r in on_path if r["kernel"] not in KEY_MASK_KERNELS},
+                                                 key=lambda key: (BACKENDS.index(key[0]), *key[1:])):
         for mode, drop, directions in modes:
-            picked = [r for r in on_path if (r["family"], r["stream"], r["dtype"], r["drop"])
-                      == (family, stream, dtype, drop) and r["direction"] in directions]
+            picked = [r for r in on_path if (r["backend"], r["family"], r["stream"], r["dtype"], r["drop"])
+                      == (backend, family, stream, dtype, drop) and r["direction"] in directions]
             if drop:  # the key mask serves every dtype
                 picked += [r for r in on_path if r["kernel"] in KEY_MASK_KERNELS
-                           and (r["family"], r["stream"]) == (family, stream)]
+                           and (r["backend"], r["family"], r["stream"]) == (backend, family, stream)]
             if not picked:
                 continue
             launches: dict[tuple, list[dict]] = {}
             for r in picked:
                 launches.setdefault((r["kernel"], r["layer"]), []).append(r)
-            entry = {"family": family, "stream": stream, "dtype": dtype, "mode": mode,
+            entry = {"backend": backend, "family": family, "stream": stream, "dtype": dtype, "mode": mode,
                      "kernels": sorted({r["kernel"] for r in picked}),
                      "layers": sorted({r["layer"] for r in picked})}
             for label, choose in choosers.items():
@@ -774,11 +789,45 @@ def _aligned(text: str, width: int, kind: str) -> str:
     return f"{text:<{width}}" if kind == "s" else f"{text:>{width}}"
 
 
-def format_table(rows: list[dict]) -> str:
-    lines = [" ".join(_aligned(title, width, kind) for _, title, width, kind in _COLUMNS)]
-    lines += [" ".join(_aligned(_cell(r[key], kind), width, kind) for key, _, width, kind in _COLUMNS)
+# The cuda rows' columns: no configs to choose, replication or Philox in the kernels; the
+# per-key loop is one key for a warp of 32 rows (tile_keys or joints loops together).
+_CUDA_COLUMNS = (("kernel", "kernel", 23, "s"), ("layer", "layer", 11, "s"), ("dtype", "dtype", 5, "s"),
+                 ("drop", "drop", 4, "b"), ("config", "block", 10, "s"), ("registers", "regs", 5, "d"),
+                 ("spill_bytes", "spill", 6, "d"), ("shared_bytes", "shared", 7, "d"),
+                 ("loop_instructions", "key loop", 9, "d"), ("instructions_per_program", "ins/warp", 9, "d"),
+                 ("issue_us", "issue us", 9, ".1f"), ("memory_us", "mem us", 8, ".1f"),
+                 ("exp_us", "exp us", 8, ".1f"), ("ex2_per_exp", "ex2/e", 6, ".1f"),
+                 ("predicted_fraction", "frac", 6, ".3f"), ("loop_check", "check", 6, "s"))
+
+
+def format_table(rows: list[dict], columns=_COLUMNS) -> str:
+    lines = [" ".join(_aligned(title, width, kind) for _, title, width, kind in columns)]
+    lines += [" ".join(_aligned(_cell(r[key], kind), width, kind) for key, _, width, kind in columns)
               for r in rows]
     return "\n".join(lines)
+
+
+def backend_comparison(rows: list[dict]) -> list[dict]:
+    """Per core and direction, bfloat16 with DropAttention, every layer of both streams summed
+    (times its count of units, launcher's first config): each backend's predicted time and fraction,
+    against the issue's targets (docs/cost-model.md §10)."""
+    targets = {("spatial", "forward"): 0.50, ("spatial", "backward"): 0.35,
+               ("temporal", "forward"): 0.35, ("temporal", "backward"): 0.25}
+    found = []
+    for (family, direction), target in targets.items():
+        entry = {"family": family, "direction": direction, "target": target}
+        for backend in BACKENDS:
+            chosen = [r for r in rows if (r["backend"], r["family"], r["direction"], r["dtype"], r["drop"])
+                      == (backend, family, direction, "bf16", True) and r["choice"] == "first"]
+            if not chosen:
+                continue
+            bound = sum(r["layer_count"] * r["bound_us"] for r in chosen)
+            predicted = sum(r["layer_count"] * r["predicted_us"] for r in chosen)
+            entry[backend] = {"bound_us": bound, "predicted_us": predicted, "fraction": bound / predicted,
+                              "row_fractions": [min(r["predicted_fraction"] for r in chosen),
+                                                max(r["predicted_fraction"] for r in chosen)]}
+        found.append(entry)
+    return found
 
 
 def format_summary(summary: list[dict], ratios: dict) -> str:
@@ -788,7 +837,7 @@ def format_summary(summary: list[dict], ratios: dict) -> str:
         lines.append(f"  {kernel:<24}{ranges}")
     lines.append("whole model (predicted fraction of speed of light; launcher's first / best candidate):")
     for s in summary:
-        lines.append(f"  {s['family']:<9}{s['stream']:<14}{s['dtype']:<6}{s['mode']:<10}"
+        lines.append(f"  {s['backend']:<7}{s['family']:<9}{s['stream']:<14}{s['dtype']:<6}{s['mode']:<10}"
                      f"bound {s['first_bound_us']:8.1f} us  predicted {s['first_predicted_us']:8.1f} us  "
                      f"fraction {s['first_fraction']:.3f} / {s['best_fraction']:.3f}  "
                      f"({len(s['layers'])} layer shapes; {', '.join(s['kernels'])})")
@@ -798,8 +847,12 @@ def format_summary(summary: list[dict], ratios: dict) -> str:
 def metadata(device_key: str, layout: str, seconds: float) -> dict:
     ptxas = subprocess.run([_tool("ptxas"), "--version"], capture_output=True, text=True).stdout
     release = re.search(r"release ([\d.]+), (V[\d.]+)", ptxas)
+    nvcc = cuda_cost_model.find_nvcc()
+    nvcc_release = re.search(r"release ([\d.]+), (V[\d.]+)", subprocess.run(
+        [nvcc, "--version"], capture_output=True, text=True).stdout) if nvcc else None
     return {"triton": triton.__version__, "torch": torch.__version__,
             "ptxas": " ".join(release.groups()) if release else ptxas.strip().splitlines()[-1],
+            "nvcc": " ".join(nvcc_release.groups()) if nvcc_release else None,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "device": device_key, "arch": DEVICES[device_key].arch, "layout": layout,
             "batch": BATCH, "heads": HEADS, "joints": JOINTS, "seconds": round(seconds, 1)}
@@ -811,14 +864,15 @@ def _markdown_table(header: list[str], lines: list[list]) -> list[str]:
 
 
 def format_markdown(meta: dict, rows: list[dict], summary: list[dict], ratios: dict) -> str:
-    intro = (f"Triton {meta['triton']}, ptxas {meta['ptxas']}, torch {meta['torch']}; {meta['date']}; "
+    intro = (f"Triton {meta['triton']}, ptxas {meta['ptxas']}, nvcc {meta['nvcc']} (cuda rows), "
+             f"torch {meta['torch']}; {meta['date']}; "
              f"qkv layout `{meta['layout']}`; N' = {meta['batch']}, {meta['heads']} heads, "
              f"V = {meta['joints']}. Written by `python -m sttr_fast.kernels.cost_model`; how to read "
              "it: docs/cost-model.md. Predictions from compiled code, not measurements: they ignore "
              "latency, occupancy, caches and access patterns, so every fraction is an upper bound.")
     devices = [[f"{key} ({d.name})", d.arch, d.sms, f"{d.clock_hz / 1e9:.3f}", f"{d.bandwidth / 1e12:.1f}",
                 f"{d.exp_per_s:.2e}", f"{d.issue_per_s:.2e}", d.note] for key, d in DEVICES.items()]
-    models = [[s["family"], s["stream"], s["dtype"], s["mode"], f"{s['first_bound_us']:.1f}",
+    models = [[s["backend"], s["family"], s["stream"], s["dtype"], s["mode"], f"{s['first_bound_us']:.1f}",
                f"{s['first_predicted_us']:.1f}", f"{s['first_fraction']:.3f}", f"{s['best_fraction']:.3f}"]
               for s in summary]
     loops = [[kernel, dtype, f"{v['min']:.2f}", f"{v['max']:.2f}"]
@@ -829,14 +883,32 @@ def format_markdown(meta: dict, rows: list[dict], summary: list[dict], ratios: d
     lines += ["", "## Whole model, every layer", "",
               "Times summed over the layers, each times its count of units; `first`: the launcher's first "
               "config of every launch, `best`: its candidate with the least predicted time.", ""]
-    lines += _markdown_table(["family", "stream", "dtype", "mode", "bound us", "predicted us (first)",
+    lines += _markdown_table(["backend", "family", "stream", "dtype", "mode", "bound us", "predicted us (first)",
                               "fraction (first)", "fraction (best)"], models)
+    comparison = backend_comparison(rows)
+    if any("cuda" in c for c in comparison):
+        lines += ["", "## Triton and cuda against the targets (bf16, DropAttention on)", "",
+                  "Both streams' layers summed, each times its count of units (launcher's first config); "
+                  "the range is over the layers' rows. The cuda rows: docs/cost-model.md §10.", ""]
+        table = []
+        for c in comparison:
+            cells = [c["family"], c["direction"], f"{c['target']:.2f}"]
+            for backend in BACKENDS:
+                b = c.get(backend)
+                cells += ([f"{b['predicted_us']:.0f}", f"{b['fraction']:.3f}",
+                           f"{b['row_fractions'][0]:.2f}-{b['row_fractions'][1]:.2f}"] if b else ["-"] * 3)
+            table.append(cells)
+        lines += _markdown_table(["core", "direction", "target"] + [f"{b} {what}" for b in BACKENDS
+                                 for what in ("us", "fraction", "rows")], table)
     lines += ["", "## Dropout / no-dropout loop instructions (target <= 1.3x)", "",
               "Over the layers and every config the launcher may pick.", ""]
     lines += _markdown_table(["kernel", "dtype", "min", "max"], loops)
-    lines += ["", "## Rows", ""]
-    lines += _markdown_table([title for _, title, _, _ in _COLUMNS],
-                             [[_cell(r[key], kind) for key, _, _, kind in _COLUMNS] for r in rows])
+    for backend, columns, title in (("triton", _COLUMNS, "Rows"), ("cuda", _CUDA_COLUMNS, "cuda rows")):
+        chosen = [r for r in rows if r["backend"] == backend]
+        if chosen:
+            lines += ["", f"## {title}", ""]
+            lines += _markdown_table([title for _, title, _, _ in columns],
+                                     [[_cell(r[key], kind) for key, _, _, kind in columns] for r in chosen])
     return "\n".join(lines) + "\n"
 
 
@@ -890,6 +962,9 @@ def main(argv: list[str] | None = None) -> int:
                              "BLOCK_F=4,num_warps=2 or BLOCK_M=16,BLOCK_N=16,num_warps=1,num_stages=2")
     parser.add_argument("--layout", choices=("module", "contiguous", "channels_last"), default="module",
                         help="qkv as the modules pass it (default), or a contiguous / channels_last tensor")
+    parser.add_argument("--backend", choices=("all",) + BACKENDS, default="all",
+                        help="whose kernels: Triton's, the cuda backend's (needs nvcc), or both (default; "
+                             "the cuda rows are left out with a note where nvcc is missing)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel compilations")
     parser.add_argument("--json", help="write meta, devices, loop ratios, model summary and rows here")
     parser.add_argument("--markdown", help="write a readable report here")
@@ -900,16 +975,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = datetime.datetime.now()
     device = DEVICES[options.device]
-    planned = plan(options.family, options.kernel, options.quick, options.all_configs, options.layout,
-                   device.arch, options.extra_config)
-    rows = run(planned, device, options.jobs,
-               progress=lambda message: print(message, file=sys.stderr, flush=True))
+    progress = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    rows = []
+    if options.backend in ("all", "triton"):
+        planned = plan(options.family, options.kernel, options.quick, options.all_configs, options.layout,
+                       device.arch, options.extra_config)
+        rows += run(planned, device, options.jobs, progress=progress)
+    if options.backend in ("all", "cuda"):
+        if cuda_cost_model.find_nvcc() is None and options.backend == "all":
+            print("cost_model: nvcc not found, so no cuda rows (docs/cost-model.md §10)", file=sys.stderr)
+        else:
+            rows += cuda_cost_model.rows(cuda_cost_model.plan(options.family, options.kernel, options.quick),
+                                         device, options.layout, progress=progress)
     ratios, summary = drop_ratio_summary(rows), model_summary(rows)
     meta = metadata(options.device, options.layout, (datetime.datetime.now() - started).total_seconds())
     print(f"triton {meta['triton']}, ptxas {meta['ptxas']}, sm_{device.arch}, {device.name}: "
           f"{device.bandwidth / 1e12:.1f} TB/s, {device.exp_per_s:.2e} exp/s, "
           f"{device.issue_per_s:.2e} warp instructions/s")
-    print(format_table(rows))
+    print(format_table([r for r in rows if r["backend"] == "triton"]))
+    if any(r["backend"] == "cuda" for r in rows):
+        print(f"cuda backend (nvcc {meta['nvcc']}):")
+        print(format_table([r for r in rows if r["backend"] == "cuda"], _CUDA_COLUMNS))
     print(format_summary(summary, ratios))
     if options.json:
         devices = {k: {**dataclasses.asdict(d), "exp_per_s": d.exp_per_s, "issue_per_s": d.issue_per_s}

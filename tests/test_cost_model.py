@@ -177,3 +177,129 @@ def test_the_model_runs_on_one_kernel_and_writes_every_required_key(tmp_path):
     assert rows[0]["drop_loop_ratio"] == pytest.approx(ratio) and ratio > 1
     assert set(report["drop_loop_ratio"]) == {"spatial_forward"}
     assert report["meta"]["triton"] == triton.__version__
+
+
+# --- the cuda backend's rows (kernels/cuda_cost_model.py) -----------------------------------------
+
+# nvdisasm -gi output of one kernel: a tile loop (0x10-0x50) around a per-key loop (0x20-0x30), an
+# instruction inlined through a float16-only call (0x40), the end-of-code self-branch and padding.
+NVDISASM = """
+.text._kernel_a:
+\t//## File "/src/launch.cu", line 18
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+.L_x_1:
+\t//## File "/src/k.cuh", line 30 inlined at "/src/launch.cu", line 36
+\t//## File "/src/launch.cu", line 36
+        /*0010*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+.L_x_2:
+\t//## File "/src/k.cuh", line 21 inlined at "/src/k.cuh", line 30
+\t//## File "/src/k.cuh", line 30 inlined at "/src/launch.cu", line 36
+\t//## File "/src/launch.cu", line 36
+        /*0020*/                   MUFU.EX2 R3, R3 ;
+\t//## File "/src/k.cuh", line 20 inlined at "/src/k.cuh", line 30
+\t//## File "/src/k.cuh", line 30 inlined at "/src/launch.cu", line 36
+\t//## File "/src/launch.cu", line 36
+        /*0030*/              @!P0 BRA `(.L_x_2) ;
+\t//## File "/src/k.cuh", line 56 inlined at "/src/k.cuh", line 55
+\t//## File "/src/k.cuh", line 55 inlined at "/src/launch.cu", line 36
+\t//## File "/src/launch.cu", line 36
+        /*0040*/                   HADD2.F32 R4, -RZ, R4.H0_H0 ;
+\t//## File "/src/launch.cu", line 35
+        /*0050*/              @!P1 BRA `(.L_x_1) ;
+        /*0060*/                   EXIT ;
+.L_x_3:
+        /*0070*/                   BRA `(.L_x_3);
+        /*0080*/                   NOP;
+.text._kernel_b:
+        /*0000*/                   EXIT ;
+"""
+TAGS = {("launch.cu", 35): {"loop": "tiles"}, ("k.cuh", 20): {"loop": "tile_keys"}, ("k.cuh", 55): {"only": "fp16"}}
+# Three tiles of 30 keys for a block of two warps.
+LAUNCH = {"kernel": "TemporalForward", "threads": 64, "tiles": 3, "key_tile": 32, "copy_batch": 4}
+
+
+def test_nvdisasm_reader_keeps_inline_chains_and_branch_targets():
+    code = cost_model.cuda_cost_model.parse_nvdisasm(NVDISASM, {"_kernel_a"})
+    assert set(code) == {"_kernel_a"}
+    instructions = code["_kernel_a"]
+    assert [i.address for i in instructions] == list(range(0, 0x90, 0x10))
+    assert instructions[2].chain == (("k.cuh", 21), ("k.cuh", 30), ("launch.cu", 36))
+    assert instructions[3].target == 0x20 and instructions[3].backward
+    assert instructions[5].target == 0x10 and instructions[7].target == 0x70 and not instructions[7].backward
+    # The chain carries over to instructions printed without a location of their own.
+    assert instructions[6].chain == (("launch.cu", 35),)
+
+
+def test_cuda_counts_run_each_instruction_once_per_run_of_its_innermost_loop():
+    cuda = cost_model.cuda_cost_model
+    instructions = cuda.parse_nvdisasm(NVDISASM)["_kernel_a"]
+    counted = cuda.count(instructions, LAUNCH, {"bf16", "tokens_fastest"}, layer_tokens=90, layer_joints=25,
+                         dims={}, tags=TAGS)
+    # LDC and EXIT once; BAR and the tile loop's branch 3 times; MUFU and the key loop's branch 90
+    # times (3 tiles of 30 keys); the float16 conversion not at all; the padding after the end never.
+    assert counted.per_warp == 1 + 1 + 2 * 3 + 2 * 90
+    assert counted.mufu_ex2 == 90 and counted.key_loop == 2 and counted.check == "ok"
+    assert [(l["loop"], l["trips"], l["runs"]) for l in counted.loops] == [("tiles", 3, 3), ("tile_keys", 30, 90)]
+    # For float16 the conversion runs once per tile.
+    fp16 = cuda.count(instructions, LAUNCH, {"fp16", "tokens_fastest"}, 90, 25, {}, TAGS)
+    assert fp16.per_warp == counted.per_warp + 3
+    # A loop whose branch line carries no loop= tag cannot be given trips: the check says so.
+    untagged = cuda.count(instructions, LAUNCH, {"bf16"}, 90, 25, {}, {**TAGS, ("k.cuh", 20): {}})
+    assert "untagged loop" in untagged.check
+
+
+def test_cuda_copy_and_row_loop_trips_follow_the_kernels_thread_mapping():
+    cuda = cost_model.cuda_cost_model
+    copy = cuda.Loop(0, 0, (), "token_copy", "dv")
+    # L = 75: 96 threads in 3 groups of 32 tokens; a group copies every 3rd of 64 channels, 4 per trip.
+    launch = {**LAUNCH, "threads": 96}
+    assert cuda.trips_per_entry(copy, launch, 75, 25, {"dk": 16, "dv": 64}) == 6
+    # 4 channels over 5 groups (L = 150, 160 threads): the fifth warp has none.
+    launch = {**LAUNCH, "threads": 160}
+    assert cuda.trips_per_entry(cuda.Loop(0, 0, (), "token_copy", "dk"), launch, 150, 25, {"dk": 4, "dv": 16}) == 0.8
+    # The tile's 32 per-row values: only the first warp has rows.
+    assert cuda.trips_per_entry(cuda.Loop(0, 0, (), "tile_rows", None), launch, 150, 25, {}) == 0.2
+
+
+def test_the_cuda_launch_geometry_comes_from_the_launcher():
+    """csrc/launch_probe.cpp runs csrc/dispatch.h's choice for ST-TR's layers."""
+    cuda = cost_model.cuda_cost_model
+    try:
+        spatial = cuda.launches("spatial_backward", 64, 150, 25, 8, 16, 64)
+        temporal = cuda.launches("temporal_backward", 64, 150, 25, 8, 4, 16)
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    # The 16/64 backward's tiles fit 64 KB of shared memory for two frames: 64 threads.
+    assert [(l["kernel"], l["block_tokens"], l["threads"], l["exact"]) for l in spatial] == [
+        ("SpatialBackward", 2, 64, True)]
+    assert spatial[0]["blocks"] == 64 * 150 // 2 * 8
+    # One chunk of 160 threads per (sequence, head) at L = 150, five key tiles; query kernel first.
+    assert [(l["kernel"], l["threads"], l["tiles"], l["blocks"]) for l in temporal] == [
+        ("TemporalBackwardQuery", 160, 5, 64 * 25 * 8), ("TemporalBackwardKey", 160, 5, 64 * 25 * 8)]
+
+
+def test_nvcc_cuda_rows_find_the_key_loops_of_every_kernel():
+    """The cuda rows from nvcc's sm_90 cubin (cached, shared with tests/test_cuda_backend_nvcc.py):
+    selected by ``pytest -k nvcc``."""
+    cuda = cost_model.cuda_cost_model
+    if cuda.find_nvcc() is None:
+        pytest.skip("needs nvcc (the CUDA toolkit)")
+    planned = cuda.plan(quick=True)
+    rows = cuda.rows(planned, cost_model.DEVICES["h100"])
+    assert {r["kernel"] for r in rows} == set(cost_model.KERNELS)
+    for r in rows:
+        assert r["loop_check"] == "ok" and r["spill_bytes"] == 0 and 0 < r["predicted_fraction"] <= 1, r
+        assert r["warp_instructions"] == pytest.approx(r["programs"] * r["num_warps"] * r["instructions_per_program"],
+                                                       rel=1e-3)
+        if r["kernel"] in cost_model.KEY_MASK_KERNELS:
+            continue
+        # The per-key loops run once per key for every row: L keys (temporal), 25 joints (spatial).
+        key_loops = [l for l in r["loops"] if l["loop"] in ("tile_keys", "joints")]
+        assert key_loops and all(l["runs"] == (r["tokens"] if r["family"] == "temporal" else 25) for l in key_loops)
+        assert r["loop_mix"].get("sfu", 0) >= 1 and r["loop_mix"].get("shared", 0) >= 1
+        # One exponential per score: MUFU.EX2 lanes per exponential needed, the forward's rescales
+        # counted in both.
+        assert 0.9 < r["ex2_per_exp"] < 1.3
+    # One code path with and without DropAttention: same instructions, same bound.
+    by_drop = {(r["kernel"], r["drop"]): r["warp_instructions"] for r in rows}
+    assert by_drop[("temporal_forward", True)] == by_drop[("temporal_forward", False)]

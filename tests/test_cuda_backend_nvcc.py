@@ -2,18 +2,17 @@
 
 csrc/cuda_launch.cu includes no torch header, so nvcc compiles it alone to a cubin per
 architecture, every instantiation the launcher can pick in one translation unit, the two
-architectures in parallel. ptxas's report (``-Xptxas -v``) must list every kernel, and none may
-spill or use a stack frame (local memory): the kernels hold their rows in registers by design.
+architectures in parallel (cached by the sources' hash, shared with the cost model). ptxas's
+report (``-Xptxas -v``) must list every kernel, and none may spill or use a stack frame (local
+memory): the kernels hold their rows in registers by design.
 Run them alone with ``pytest -k nvcc``.
 """
 import re
-import shutil
-import subprocess
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sttr_fast.ops import cuda_backend
+from sttr_fast.kernels import cuda_cost_model
 
 ARCHS = (80, 90)
 KERNELS = ("SpatialForward", "SpatialBackward", "TemporalForward", "TemporalBackwardQuery", "TemporalBackwardKey")
@@ -23,34 +22,16 @@ ENTRY = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)'")
 INSTANTIATION = re.compile(r"(" + "|".join(KERNELS) + r")IfLi(\d+)ELi(\d+)ELb([01])E")
 
 
-def nvcc() -> str:
-    """nvcc on the PATH or under CUDA_HOME, as torch's extension builder finds it."""
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    candidates = [shutil.which("nvcc")] + ([str(Path(CUDA_HOME) / "bin" / "nvcc")] if CUDA_HOME else [])
-    for candidate in candidates:
-        if candidate and Path(candidate).exists():
-            return candidate
-    pytest.skip("needs nvcc (the CUDA toolkit)")
-
-
 @pytest.fixture(scope="module")
-def ptxas_reports(tmp_path_factory) -> dict[int, str]:
-    """ptxas's report of csrc/cuda_launch.cu per architecture, with the device build's flags."""
-    compiler = nvcc()
-    folder = tmp_path_factory.mktemp("cubins")
-    source = cuda_backend.source_dir() / "cuda_launch.cu"
-    flags = cuda_backend._compile_flags(cuda_backend.DEVICE_LIBRARY, True) + ["-std=c++17"]
-    jobs = {arch: subprocess.Popen([compiler, "-cubin", f"-arch=sm_{arch}", *flags, "-Xptxas", "-v",
-                                    "-o", str(folder / f"sttr_sm{arch}.cubin"), str(source)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for arch in ARCHS}
-    reports = {}
-    for arch, job in jobs.items():
-        output, _ = job.communicate(timeout=600)
-        assert job.returncode == 0, output[-4000:]
-        reports[arch] = output
-    return reports
+def ptxas_reports() -> dict[int, str]:
+    """ptxas's report of csrc/cuda_launch.cu per architecture, with the device build's flags and line
+    info, compiled once per source change and shared with the cost model's cuda rows
+    (kernels/cuda_cost_model.py, compile_cubin, cached by the sources' hash)."""
+    if cuda_cost_model.find_nvcc() is None:
+        pytest.skip("needs nvcc (the CUDA toolkit)")
+    with ThreadPoolExecutor(len(ARCHS)) as pool:  # nvcc runs in its own process: both at once
+        builds = dict(zip(ARCHS, pool.map(cuda_cost_model.compile_cubin, ARCHS)))
+    return {arch: build.ptxas_report for arch, build in builds.items()}
 
 
 def kernel_reports(report: str) -> dict[str, str]:
