@@ -181,15 +181,17 @@ _MEDIAPIPE_33_PARENT = {
     "right heel": "right ankle", "right foot index": "right ankle",
 }
 
-# MediaPipe Hands' 21 landmarks: the wrist, then four per finger from the base to the tip.
-_FINGERS = ("thumb", "index", "middle", "ring", "pinky")
-_FINGER_POINTS = {"thumb": ("cmc", "mcp", "ip", "tip")}
+# MediaPipe Hands' 21 landmarks: the wrist, then four per finger from its base to its tip.
+_FINGER_POINTS = (("thumb", ("cmc", "mcp", "ip", "tip")), ("index", ("mcp", "pip", "dip", "tip")),
+                  ("middle", ("mcp", "pip", "dip", "tip")), ("ring", ("mcp", "pip", "dip", "tip")),
+                  ("pinky", ("mcp", "pip", "dip", "tip")))
 MEDIAPIPE_HANDS_21_JOINTS = ("wrist",) + tuple(
-    f"{finger} {point}" for finger in _FINGERS for point in _FINGER_POINTS.get(finger, ("mcp", "pip", "dip", "tip")))
-# Every finger is a chain from the wrist; the palm's cross links between finger bases would make loops.
+    f"{finger} {point}" for finger, points in _FINGER_POINTS for point in points)
+# Every finger is a chain from the wrist, as the metacarpals run; MediaPipe's line across the finger
+# bases would close loops with it.
 _MEDIAPIPE_HANDS_21_PARENT = {
-    MEDIAPIPE_HANDS_21_JOINTS[1 + 4 * f + k]: ("wrist" if k == 0 else MEDIAPIPE_HANDS_21_JOINTS[4 * f + k])
-    for f in range(5) for k in range(4)
+    f"{finger} {point}": f"{finger} {points[k - 1]}" if k else "wrist"
+    for finger, points in _FINGER_POINTS for k, point in enumerate(points)
 }
 
 _PRESETS = {
