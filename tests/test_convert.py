@@ -523,3 +523,44 @@ def test_converted_coco_17_recordings_train_a_model_that_predicts_them(tmp_path,
             "built for model.graph 'coco-17'") in err
     assert (f"skipped {openpose}: {openpose} holds 18 joints per body but the checkpoint's "
             "model.graph 'coco-17' has 17") in err
+
+
+def test_a_custom_two_joint_graph_trains_from_converted_recordings_through_sttr_train(tmp_path):
+    """A skeleton of no preset: two-keypoint MMPose recordings -> sttr convert -> sttr train with
+    model.graph given as {num_joints, edges, center}; the checkpoint keeps that graph and scores
+    the converted validation array."""
+    rng = np.random.default_rng(21)
+    data = tmp_path / "data"
+    for split, count in (("train", 4), ("val", 2)):
+        folder = tmp_path / split
+        folder.mkdir()
+        for index in range(count):
+            person = _walker(rng, 8, 2, (0.3 + 0.1 * index, 0.5), (1 / 64, 0), 0.75)
+            (folder / f"rec{index}.json").write_text(json.dumps(
+                {"instance_info": _mmpose_frames([person], lambda t: (0,))}))
+        assert _convert("--from", "mmpose", folder, "--out", data, "--split", split, "--label", "1",
+                        "--frame-size", WIDTH, HEIGHT, "--max-frames", "8") == 0
+    train, _, _ = _load(data)
+    assert train.shape == (4, 3, 8, 2, 2)
+    run = tmp_path / "run"
+    graph = "model.graph={num_joints: 2, edges: [[1, 0]], center: 0}"
+    assert main(["train", "--config", str(DEMO_CONFIG), "--work-dir", str(run), "--epochs", "1",
+                 "--no-progress", graph, "model.base_channels=8", "model.num_heads=2",
+                 "model.num_classes=2", "data.format=agcn", "data.modality=joint_bone",
+                 f"data.train_data={data / 'train_data_joint.npy'}",
+                 f"data.train_label={data / 'train_label.pkl'}",
+                 f"data.val_data={data / 'val_data_joint.npy'}",
+                 f"data.val_label={data / 'val_label.pkl'}", "data.frames=8",
+                 "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0",
+                 "optim.accumulate=1"]) == 0
+    model = load_predictor(run / "best.pt", "cpu", "fp32").model.model
+    assert (model.num_point, model.in_channels) == (2, 6)
+    out = tmp_path / "predictions.json"
+    assert main(["predict", "--checkpoint", str(run / "best.pt"), str(data / "val_data_joint.npy"),
+                 "--labels", str(data / "val_label.pkl"), "--precision", "fp32", "--device", "cpu",
+                 "--top-k", "2", "--out", str(out)]) == 0
+    predictions = json.loads(out.read_text())
+    assert [p["sample"] for p in predictions] == ["rec0.json", "rec1.json"]
+    for p in predictions:
+        assert sorted(top["action"] for top in p["top"]) == ["class 0", "class 1"]
+        assert sum(top["probability"] for top in p["top"]) == pytest.approx(1.0, abs=1e-5)
