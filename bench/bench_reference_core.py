@@ -1,7 +1,7 @@
-"""CPU: the reference core without DropAttention (eval), its explicit softmax against SDPA, at
-ST-TR's layer shapes: the measurement behind ``reference._prefer_sdpa`` (SDPA from
-``CPU_SDPA_MIN_LENGTH`` tokens on; q and k zero-padded to v's head dim so that SDPA's flash kernel
-takes them).
+"""CPU: the reference core without DropAttention (inference) on each of its paths, the explicit
+softmax, SDPA (q and k zero-padded to v's head dim so that SDPA's flash kernel takes them) and
+blocks of sequences whose scores stay in cache, at ST-TR's layer shapes: the measurement behind
+``reference.default_path`` (SDPA from ``CPU_SDPA_MIN_LENGTH`` tokens on, blocks below).
 
     python -m pytest bench/bench_reference_core.py --benchmark-only --benchmark-json out.json
 """
@@ -20,21 +20,26 @@ LAYERS = [
     ("TSA L=150 4/16", "temporal", 150, 4, 16),
     ("TSA L=75 8/32", "temporal", 75, 8, 32),
 ]
-PATHS = {"reference": False, "reference-sdpa": True}
+PATHS = {"reference": "explicit", "reference-sdpa": "sdpa", "reference-blocked": "blocked"}
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layer", LAYERS, ids=[f"cpu-{layer[0]}".replace(" ", "-") for layer in LAYERS])
-def bench_eval_core(benchmark, layer, path):
+def bench_eval_core(benchmark, layer, dtype, path):
     name, kind, frames, dkh, dvh = layer
     heads = 8
     dk, dv = heads * dkh, heads * dvh
-    qkv = torch.randn(BATCH, 2 * dk + dv, 25, frames, generator=torch.Generator().manual_seed(0)).transpose(2, 3)
+    qkv = torch.randn(BATCH, 2 * dk + dv, 25, frames, generator=torch.Generator().manual_seed(0))
+    qkv = qkv.to(DTYPES[dtype]).transpose(2, 3)
     core = getattr(reference, f"{kind}_attention")
 
     def step(inputs):
         with torch.no_grad():
-            return core(inputs, heads, dk, dv, key_mask=None, use_sdpa=PATHS[path])
+            return core(inputs, heads, dk, dv, key_mask=None, path=PATHS[path])
 
-    record(benchmark, step, [qkv], torch.device("cpu"), f"reference core eval, {name}, N'={BATCH}, fp32 [cpu]",
+    record(benchmark, step, [qkv], torch.device("cpu"), f"reference core eval, {name}, N'={BATCH}, {dtype} [cpu]",
            path, "core", rounds=5)

@@ -28,7 +28,7 @@ README_END = "<!-- end of performance -->"
 SUITES = {"core": "Attention cores", "unit": "Self-attention units", "model": "Whole network",
           "inference": "Fast inference"}
 # Implementations in the order tables list them.
-ORDER = ["reference", "reference-sdpa", "compiled", "triton", "cuda", "sdpa-efficient", "sdpa-cudnn", "sdpa-flash", "sdpa-math",
+ORDER = ["reference", "reference-sdpa", "reference-blocked", "compiled", "triton", "cuda", "sdpa-efficient", "sdpa-cudnn", "sdpa-flash", "sdpa-math",
          "folded fp32", "folded bf16", "folded bf16 compiled"]
 
 

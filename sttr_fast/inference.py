@@ -11,7 +11,10 @@
   on CUDA, and on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX); elsewhere in float32.
   Whole-model bf16 avoids the casts autocast makes around every layer;
 - on the CPU in bf16 its convolution weights are channels-last, which oneDNN runs faster there
-  (in float32 it did not pay);
+  (in float32 it did not pay), and so are the activations: the graph convolutions then project
+  before they mix the joints, and the reference attention core, in inference on the CPU, takes
+  cache-sized blocks of sequences and writes its output in the same order, so no layer copies
+  its input into another layout (sttr_fast/model.py, sttr_fast/ops/reference.py);
 - ``compile=True`` adds ``torch.compile`` (a one-time cost of tens of seconds on a small CPU).
 
 Speed: ``bench/bench_inference.py``. Accuracy contract (tests/test_predict.py): against the float32

@@ -29,12 +29,29 @@ class GraphConvolution(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         subsets = (self.adjacency * self.mask).to(x.dtype)
+        bias = torch.stack([conv.bias for conv in self.convs]).sum(0)
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return F.relu(self.bn(self._channels_last_mix(x, subsets) + bias.view(-1, 1, 1)))
         # sum_k W_k (x A_k) + b_k as one convolution over the K stacked products; the broadcast
         # matmul writes (N, K, C, T, V) directly, so flattening K and C is free.
         mixed = torch.matmul(x.unsqueeze(1), subsets.unsqueeze(1)).flatten(1, 2)
         weight = torch.cat([conv.weight for conv in self.convs], dim=1)
-        bias = torch.stack([conv.bias for conv in self.convs]).sum(0)
         return F.relu(self.bn(F.conv2d(mixed, weight, bias)))
+
+    def _channels_last_mix(self, x: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
+        """sum_k (W_k x) A_k, the same linear map in the other order, for channels-last input
+        (fast inference on the CPU): the convolution's channels-last output is, per (n, t), a
+        (V, K*C) row-major matrix, i.e. a (V*K, C) one, so one batched product with the (W, V*K)
+        matrix [A_k]_{v,w} mixes the joints and sums the subsets without a copy, and writes the
+        result channels-last again."""
+        k, v, _ = subsets.shape
+        weight = torch.cat([conv.weight for conv in self.convs], dim=0)  # (K*C_out, C_in, 1, 1)
+        projected = F.conv2d(x, weight)  # (N, K*C_out, T, V), memory (N, T, V, K, C_out)
+        n, _, t, _ = projected.shape
+        channels = weight.shape[0] // k
+        rows = projected.permute(0, 2, 3, 1).reshape(n * t, v * k, channels)
+        mixer = subsets.permute(2, 1, 0).reshape(v, v * k)  # [w, v*K + k] = A_k[v, w]
+        return torch.matmul(mixer, rows).view(n, t, v, channels).permute(0, 3, 1, 2)
 
 
 class TemporalConvolution(nn.Module):

@@ -77,6 +77,28 @@ def test_forward_equals_the_spec_written_out(stream, in_channels, num_person, fr
         torch.testing.assert_close(model(x), sttr_forward(model, x), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("stream", ["spatial", "temporal"])
+def test_channels_last_weights_compute_the_same_network(stream):
+    """Fast CPU inference keeps channels-last activations (sttr_fast/inference.py): the graph
+    convolutions then take their channels-last order of operations, the attention cores the
+    blocked path; the function stays the spec's."""
+    generator = torch.Generator().manual_seed(31)
+    model = STTR(num_classes=5, stream=stream, base_channels=16).double().eval()
+    with torch.no_grad():
+        randomise_buffers_and_affine(model, generator)
+        x = torch.randn(2, 3, 12, 25, 2, generator=generator, dtype=torch.float64)
+        expected = sttr_forward(model, x)
+        model = model.to(memory_format=torch.channels_last)
+        layouts = []
+        for module in model.modules():
+            if isinstance(module, sttr_fast.model.GraphConvolution):
+                module.register_forward_pre_hook(lambda _, inputs: layouts.append(
+                    inputs[0].is_contiguous(memory_format=torch.channels_last)
+                    and not inputs[0].is_contiguous()))
+        torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+    assert layouts.count(True) >= 3, layouts
+
+
 def test_custom_graph_and_joint_count():
     graph = Graph(5, ((1, 0), (2, 1), (3, 1), (4, 0)))
     model = STTR(num_classes=4, stream="spatial", num_point=5, num_person=1, base_channels=16,

@@ -77,12 +77,12 @@ def test_drop_attention_equals_the_explicit_formula(kind, shape):
 
 
 @pytest.mark.parametrize("kind", OPS)
-@pytest.mark.parametrize("use_sdpa", [True, False])
-def test_without_drop_attention_it_is_plain_softmax_attention(kind, use_sdpa):
+@pytest.mark.parametrize("path", reference.PATHS)
+def test_without_drop_attention_every_path_is_plain_softmax_attention(kind, path):
     _, explicit, _ = OPS[kind]
     core = getattr(reference, f"{kind}_attention")
     qkv, dk, dv = random_qkv(2, 6, 25, 8, 2, 4, generator=torch.Generator().manual_seed(5))
-    out = core(qkv, 8, dk, dv, key_mask=None, use_sdpa=use_sdpa)
+    out = core(qkv, 8, dk, dv, key_mask=None, path=path)
     torch.testing.assert_close(out, explicit(qkv, None, 8, dk, dv), rtol=1e-12, atol=1e-12)
 
 
@@ -143,8 +143,8 @@ def test_key_mask_keeps_one_minus_p_and_follows_the_seed():
 
 
 @pytest.mark.parametrize("kind", OPS)
-@pytest.mark.parametrize("masked,use_sdpa", [(True, False), (False, False), (False, True)])
-def test_gradcheck_reference_cores(kind, masked, use_sdpa):
+@pytest.mark.parametrize("masked,path", [(True, "explicit"), (False, "explicit"), (False, "sdpa")])
+def test_gradcheck_reference_cores(kind, masked, path):
     _, _, mask_shape = OPS[kind]
     core = getattr(reference, f"{kind}_attention")
     generator = torch.Generator().manual_seed(6)
@@ -153,7 +153,7 @@ def test_gradcheck_reference_cores(kind, masked, use_sdpa):
     if masked:
         mask[0, 0, 0] = False  # one all-dropped row
     qkv.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: core(x, 2, dk, dv, key_mask=mask, use_sdpa=use_sdpa),
+    assert torch.autograd.gradcheck(lambda x: core(x, 2, dk, dv, key_mask=mask, path=path),
                                     (qkv,), eps=1e-6, atol=1e-7)
 
 
@@ -278,7 +278,8 @@ def test_long_sequences_on_the_cpu_take_padded_sdpa_and_compute_the_same(seed):
     _, explicit, _ = OPS["temporal"]
     length = reference.CPU_SDPA_MIN_LENGTH
     qkv, dk, dv = random_qkv(2, length, 3, 2, 2, 5, generator=torch.Generator().manual_seed(seed))
-    assert reference._prefer_sdpa(qkv.device, length) and not reference._prefer_sdpa(qkv.device, length - 1)
+    assert reference.default_path(qkv.device, length, masked=False, needs_grad=True) == "sdpa"
+    assert reference.default_path(qkv.device, length - 1, masked=False, needs_grad=True) == "explicit"
     fast = qkv.detach().clone().requires_grad_(True)
     plain = qkv.detach().clone().requires_grad_(True)
     out = reference.temporal_attention(fast, 2, dk, dv)
@@ -288,3 +289,30 @@ def test_long_sequences_on_the_cpu_take_padded_sdpa_and_compute_the_same(seed):
     out.backward(grad)
     expected.backward(grad)
     torch.testing.assert_close(fast.grad, plain.grad, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_cpu_inference_takes_blocks_that_compute_the_explicit_path_in_qkvs_layout(kind, monkeypatch):
+    """Short sequences in inference on the CPU take the blocked path (default_path); with blocks
+    of 3 sequences (the last one partial) it equals the explicit path, in float64 to rounding and
+    in bfloat16 within the explicit path's own bfloat16 error, and writes the output in qkv's
+    stride order (the modules hand over a transposed projection output)."""
+    op, explicit, _ = OPS[kind]
+    heads, length = 2, 7
+    assert reference.default_path(torch.device("cpu"), length, masked=False, needs_grad=False) == "blocked"
+    assert reference.default_path(torch.device("cpu"), length, masked=False, needs_grad=True) == "explicit"
+    assert reference.default_path(torch.device("cpu"), length, masked=True, needs_grad=False) == "explicit"
+    monkeypatch.setattr(reference, "CPU_BLOCK_BYTES", 3 * heads * length * length * 4)
+    generator = torch.Generator().manual_seed(12)
+    n, t, v = (2, 8, length) if kind == "spatial" else (2, length, 8)  # 8 sequences per n': 3 + 3 + 2
+    qkv, dk, dv = random_qkv(n, t, v, heads, 2, 3, generator=generator)
+    qkv = qkv.transpose(2, 3).contiguous().transpose(2, 3)  # frames unit-stride, as the modules pass it
+    with torch.no_grad():
+        out = op(qkv, heads, dk, dv, backend="reference")
+        torch.testing.assert_close(out, explicit(qkv, None, heads, dk, dv), rtol=1e-12, atol=1e-12)
+        assert out.stride(2) == 1 and out.stride(3) == t
+        low = qkv.to(torch.bfloat16)
+        blocked = op(low, heads, dk, dv, backend="reference").double()
+        plain = getattr(reference, f"{kind}_attention")(low, heads, dk, dv, path="explicit").double()
+    exact = explicit(low.double(), None, heads, dk, dv)
+    assert (blocked - exact).norm() <= 2 * (plain - exact).norm() + 1e-3 * exact.norm()

@@ -100,13 +100,13 @@ def run_triton(op, qkv, heads, dk, dv, p, seed):
 
 def float64_reference(op, qkv, heads, dk, dv, mask):
     exact = qkv.detach().double().requires_grad_(True)
-    return exact, REFERENCE_CORES[op](exact, heads, dk, dv, key_mask=mask, use_sdpa=False)
+    return exact, REFERENCE_CORES[op](exact, heads, dk, dv, key_mask=mask, path="explicit")
 
 
 def same_dtype_reference(op, qkv, heads, dk, dv, mask):
     """The reference backend on the same problem in qkv's own dtype: the yardstick of rounding."""
     same = qkv.detach().clone().requires_grad_(True)
-    return same, REFERENCE_CORES[op](same, heads, dk, dv, key_mask=mask, use_sdpa=False)
+    return same, REFERENCE_CORES[op](same, heads, dk, dv, key_mask=mask, path="explicit")
 
 
 def gradient_errors(grad, exact_grad, dk) -> dict[str, float]:

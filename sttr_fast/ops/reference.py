@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .custom_ops import empty, layout_like
+
 # The renormalisation epsilon of ST-TR's DropAttention (docs/network.md §8); part of the function,
 # not a guard.
 DROP_ATTENTION_EPS = 1e-8
@@ -86,27 +88,44 @@ def _head_views(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, order: tupl
     return q, k, val
 
 
-# Sequences at least this long run through SDPA on the CPU (see _prefer_sdpa).
+# How a core call computes: "explicit" (softmax(QK^T / sqrt(d)) V as written, the authors' way),
+# "sdpa" (torch's scaled_dot_product_attention; no key mask), "blocked" (the CPU without
+# autograd and key mask: blocks of sequences whose scores stay in cache, see _attend_blocked).
+PATHS = ("explicit", "sdpa", "blocked")
+# The CPU's shortcuts (SDPA and blocks); bench/bench_inference.py turns them off to time the
+# authors' explicit path.
+CPU_SHORTCUTS = True
+# Sequences at least this long take SDPA on the CPU, shorter ones blocks.
 CPU_SDPA_MIN_LENGTH = 128
+# Float32 scores per block of the blocked path: a few MB, so that each block's scores,
+# probabilities and products stay in the core's cache.
+CPU_BLOCK_BYTES = 4 << 20
 
 
-def _prefer_sdpa(device: torch.device, length: int) -> bool:
-    # Without DropAttention the core is plain softmax attention, which SDPA computes without
-    # materialising the L x L probabilities: on CUDA always (it also saves the L x L memory); on
-    # the CPU its flash kernel beats the explicit path on long sequences (T-TR's L = 150 and 300)
-    # and loses on short ones (L <= 75 and the 25-joint SSA; bench/bench_reference_core.py).
-    return device.type == "cuda" or length >= CPU_SDPA_MIN_LENGTH
+def default_path(device: torch.device, length: int, masked: bool, needs_grad: bool) -> str:
+    """The path a core call takes when none is asked for. Without DropAttention the core is plain
+    softmax attention: on CUDA SDPA computes it without materialising the L x L probabilities; on
+    the CPU SDPA's flash kernel wins on long sequences (T-TR's L = 150 and 300) and, for short ones
+    (L <= 75 and the 25-joint SSA), blocks of sequences with a float32 softmax (torch's bfloat16
+    softmax over rows of 25 is several times slower than its float32 one) win in inference
+    (bench/bench_reference_core.py)."""
+    if masked:
+        return "explicit"
+    if device.type == "cuda":
+        return "sdpa"
+    if not CPU_SHORTCUTS:
+        return "explicit"
+    if length >= CPU_SDPA_MIN_LENGTH:
+        return "sdpa"
+    # The blocks are a Python loop over the batch: torch.compile and torch.export get the
+    # explicit path, which they fuse themselves and which keeps the batch size free.
+    return "explicit" if needs_grad or torch.compiler.is_compiling() else "blocked"
 
 
-def _attend(q, k, v, key_mask, use_sdpa: bool | None):
-    """Attention over the last-but-one axis of (..., L, d) views, with optional DropAttention.
-
-    ``use_sdpa=None`` lets the device and the length decide; SDPA is only ever used without a
-    key mask.
-    """
+def _attend(q, k, v, key_mask, use_sdpa: bool):
+    """Attention over the last-but-one axis of (..., L, d) views, with optional DropAttention;
+    SDPA is only ever used without a key mask."""
     scale = q.shape[-1] ** -0.5
-    if use_sdpa is None:
-        use_sdpa = _prefer_sdpa(q.device, q.shape[-2])
     if key_mask is None and use_sdpa:
         # The CPU flash kernel takes 4-D inputs only (a 5-D call falls back to the L x L math
         # path) and equal head dims for q, k and v: zero-padding q and k to v's leaves QKᵀ as is.
@@ -123,6 +142,23 @@ def _attend(q, k, v, key_mask, use_sdpa: bool | None):
     return (torch.matmul(kept, v) / _renormaliser(kept)).to(v.dtype)
 
 
+def _attend_blocked(q, k, v, out) -> None:
+    """``out = softmax(QK^T / sqrt(d)) V`` for (N', S, H, L, d) views, written into ``out``'s view
+    block by block: a block is a run of the S sequences of one n', small enough that its scores
+    stay in cache, so the L x L scores never travel through memory; the softmax runs in at least
+    float32."""
+    n, sequences, heads, length, _ = q.shape
+    scale = q.shape[-1] ** -0.5
+    softmax_dtype = torch.promote_types(q.dtype, torch.float32)
+    block = max(1, CPU_BLOCK_BYTES // (heads * length * length * 4))
+    for i in range(n):
+        for start in range(0, sequences, block):
+            rows = (i, slice(start, start + block))
+            scores = torch.matmul(q[rows], k[rows].transpose(-1, -2))
+            probs = torch.softmax(scores.to(softmax_dtype).mul_(scale), dim=-1).to(v.dtype)
+            out[rows] = torch.matmul(probs, v[rows])
+
+
 def _probabilities(q, k):
     return torch.softmax(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)), dim=-1)
 
@@ -136,6 +172,12 @@ def _attend_recorded(q, k, v, key_mask, kind: str):
     return torch.matmul(probs, v)
 
 
+def _split_heads(out: torch.Tensor, num_heads: int, order: tuple[int, ...]) -> torch.Tensor:
+    """A (N', H*dvh, T, V) tensor as the (N', sequence, H, L, dvh) view the paths compute in."""
+    n, channels, t, v = out.shape
+    return out.view(n, num_heads, channels // num_heads, t, v).permute(order)
+
+
 def _merge_heads(out: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
     """(N', sequence, H, L, dvh) back to the head-concatenated (N', H*dvh, T, V)."""
     inverse = tuple(order.index(axis) for axis in range(5))
@@ -144,19 +186,33 @@ def _merge_heads(out: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
     return merged.reshape(n, h * d, t, v)
 
 
-def _core(qkv, num_heads, dk, dv, key_mask, use_sdpa, order):
+def _core(qkv, num_heads, dk, dv, key_mask, path, order):
     q, k, v = _head_views(qkv, num_heads, dk, dv, order)
     if _records is not None:
         kind = "spatial" if order == _SPATIAL_ORDER else "temporal"
         return _merge_heads(_attend_recorded(q, k, v, key_mask, kind), order)
-    return _merge_heads(_attend(q, k, v, key_mask, use_sdpa), order)
+    if path is None:
+        path = default_path(qkv.device, q.shape[-2], key_mask is not None,
+                            torch.is_grad_enabled() and qkv.requires_grad)
+    if path not in PATHS or (path != "explicit" and key_mask is not None):
+        raise ValueError(f"reference core: path must be one of {PATHS} ('explicit' with a key mask), "
+                         f"got {path!r}")
+    if path == "blocked":
+        # Written in qkv's stride order, as the fused backends write it, so the output projection
+        # takes it without a copy.
+        out = layout_like(qkv, dv, qkv.dtype, empty)
+        _attend_blocked(q, k, v, _split_heads(out, num_heads, order))
+        return out
+    return _merge_heads(_attend(q, k, v, key_mask, path == "sdpa"), order)
 
 
-def spatial_attention(qkv, num_heads, dk, dv, key_mask=None, use_sdpa=None):
-    """Attention among the V joints of every frame; key_mask is (N', T, H, V) or None."""
-    return _core(qkv, num_heads, dk, dv, key_mask, use_sdpa, _SPATIAL_ORDER)
+def spatial_attention(qkv, num_heads, dk, dv, key_mask=None, path=None):
+    """Attention among the V joints of every frame; key_mask is (N', T, H, V) or None; ``path``
+    one of ``PATHS`` (None: ``default_path``)."""
+    return _core(qkv, num_heads, dk, dv, key_mask, path, _SPATIAL_ORDER)
 
 
-def temporal_attention(qkv, num_heads, dk, dv, key_mask=None, use_sdpa=None):
-    """Attention along the T frames of every joint; key_mask is (N', V, H, T) or None."""
-    return _core(qkv, num_heads, dk, dv, key_mask, use_sdpa, _TEMPORAL_ORDER)
+def temporal_attention(qkv, num_heads, dk, dv, key_mask=None, path=None):
+    """Attention along the T frames of every joint; key_mask is (N', V, H, T) or None; ``path``
+    one of ``PATHS`` (None: ``default_path``)."""
+    return _core(qkv, num_heads, dk, dv, key_mask, path, _TEMPORAL_ORDER)
