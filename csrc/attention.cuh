@@ -88,6 +88,16 @@ STTR_HD A load_typed(const T* data, int64_t offset) {
 #endif
 }
 
+// An element as it is, for the tiles that keep the tensor's type (the temporal kernels' operands).
+template <typename T>
+STTR_HD T load_raw(const T* data, int64_t offset) {
+#if defined(__CUDA_ARCH__)
+  return __ldg(data + offset);
+#else
+  return data[offset];
+#endif
+}
+
 template <typename A, typename T>
 STTR_HD void store_typed(T* data, int64_t offset, A value) {
 #if defined(__CUDA_ARCH__)

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "launch.h"
 #include "temporal.cuh"
@@ -41,14 +43,28 @@ Geometry spatial_geometry(Problem& p, bool backward) {
   return {groups * p.H, round_up_to_warp(frames * V), spatial_layout<A>(frames, V, p.dkh, p.dvh, backward).bytes};
 }
 
-// Temporal: one thread per token of a chunk; a sequence of L tokens takes cdiv(L, 256) chunks of
-// equal size rounded up to whole warps (L = 150: 160 threads; 300: two chunks of 160).
-template <typename A>
-Geometry temporal_geometry(Problem& p) {
-  const int64_t chunks = (p.T + kTemporalThreads - 1) / kTemporalThreads;
+// Temporal: a warp per 16 tokens of a chunk; a sequence of L tokens takes cdiv(L, 160) chunks of
+// equal size rounded up to whole warps (L = 150: 160 tokens, 10 warps; 300: two chunks of 160;
+// 75: 80 tokens, 5 warps). The shared memory depends on the instantiation (kernel_shared_bytes).
+inline Geometry temporal_geometry(Problem& p) {
+  const int64_t chunks = (p.T + kTemporalRows - 1) / kTemporalRows;
   p.chunks = static_cast<int>(chunks);
-  p.block_tokens = round_up_to_warp(static_cast<int>((p.T + chunks - 1) / chunks));
-  return {p.sequences * p.H * chunks, p.block_tokens, temporal_layout<A>(p.dkh, p.dvh).bytes};
+  p.block_tokens = static_cast<int>((p.T + chunks - 1) / chunks + kWarpRows - 1) / kWarpRows * kWarpRows;
+  return {p.sequences * p.H * chunks, p.block_tokens / kWarpRows * kWarpSize, 0};
+}
+
+// A kernel that sizes its own shared memory (the temporal ones: their operand tiles are padded
+// to the instantiation's products) says so with shared_bytes(problem).
+template <class Kernel, class = void>
+struct SizesItsSharedMemory : std::false_type {};
+template <class Kernel>
+struct SizesItsSharedMemory<Kernel, std::void_t<decltype(Kernel::shared_bytes(std::declval<const Problem&>()))>>
+    : std::true_type {};
+
+template <class Kernel>
+Geometry kernel_geometry(const Problem& p, Geometry g) {
+  if constexpr (SizesItsSharedMemory<Kernel>::value) g.shared_bytes = Kernel::shared_bytes(p);
+  return g;
 }
 
 inline void check_supported(const Problem& p, bool spatial) {
@@ -72,13 +88,14 @@ template <template <typename, int, int, bool> class Kernel, typename A, typename
 void dispatch_dims(const Problem& p, const Geometry& g, Runner& runner) {
   if (g.blocks > kMaxBlocks) throw std::invalid_argument("sttr cuda kernels: the problem needs more than 2^31 - 1 blocks");
   if (p.dkh == 4 && p.dvh == 16) {
-    runner.template run<Kernel<A, 4, 16, true>>(p, g);
+    runner.template run<Kernel<A, 4, 16, true>>(p, kernel_geometry<Kernel<A, 4, 16, true>>(p, g));
   } else if (p.dkh == 8 && p.dvh == 32) {
-    runner.template run<Kernel<A, 8, 32, true>>(p, g);
+    runner.template run<Kernel<A, 8, 32, true>>(p, kernel_geometry<Kernel<A, 8, 32, true>>(p, g));
   } else if (p.dkh == 16 && p.dvh == 64) {
-    runner.template run<Kernel<A, 16, 64, true>>(p, g);
+    runner.template run<Kernel<A, 16, 64, true>>(p, kernel_geometry<Kernel<A, 16, 64, true>>(p, g));
   } else {
-    runner.template run<Kernel<A, kMaxDkh, kMaxDvh, false>>(p, g);
+    using Generic = Kernel<A, kMaxDkh, kMaxDvh, false>;
+    runner.template run<Generic>(p, kernel_geometry<Generic>(p, g));
   }
 }
 
@@ -99,13 +116,13 @@ void launch_op(Op op, Problem p, Runner& runner) {
       break;
     }
     case Op::temporal_forward: {
-      const Geometry g = temporal_geometry<A>(p);
+      const Geometry g = temporal_geometry(p);
       dispatch_dims<TemporalForward, A>(p, g, runner);
       break;
     }
     case Op::temporal_backward: {
       // The key kernel reads the D the query kernel writes: the runner runs them in order.
-      const Geometry g = temporal_geometry<A>(p);
+      const Geometry g = temporal_geometry(p);
       dispatch_dims<TemporalBackwardQuery, A>(p, g, runner);
       dispatch_dims<TemporalBackwardKey, A>(p, g, runner);
       break;

@@ -1,40 +1,56 @@
 // The temporal self-attention core (TSA, docs/network.md §7 and §8) as phase kernels.
 //
-// A block owns ``block_tokens`` consecutive tokens (frames) of one (sequence, head), one thread
-// per token: queries in the forward and the query kernel of the backward, keys in the key kernel.
-// It streams the other side of the sequence through shared memory in tiles of kKeyTile tokens,
-// double-buffered: the phase that computes on tile τ also copies tile τ + 1, and the barrier
-// between phases separates the two. Each token of a tile (and its mask value) is read once per
-// block; nothing L × L is ever stored, so memory is O(L) per (sequence, head). A thread's own
-// rows (q and dO, or k and v) are read once, straight from global memory: in the modules' layout
-// frames are unit-stride, so neighbouring threads read neighbouring addresses.
+// A block owns ``block_tokens`` consecutive tokens (frames) of one (sequence, head): 16 per warp,
+// queries in the forward and the query kernel of the backward, keys in the key kernel. Its
+// products are warp-level 16 x 8 x 16 matrix products on fragments (csrc/warp.cuh): tensor cores
+// for float16 and bfloat16, the portable body otherwise. A warp's own rows (q and dO, or k and v)
+// are staged once into its shared-memory area in the tensor's type, columns padded with zeros to
+// whole 16-deep products; the other side of the sequence streams through shared memory in tiles
+// of kKeyTile tokens, double-buffered: the phase that computes on tile τ also copies tile τ + 1,
+// and the barrier between phases separates the two. Each token of a tile (and its mask value) is
+// read once per block; nothing L × L is ever stored, so memory is O(L) per (sequence, head).
 #pragma once
 
 #include "spatial.cuh"
+#include "warp.cuh"
 
 namespace sttr {
 
 constexpr int kKeyTile = 32;
-// Threads (tokens) per temporal block at most; longer sequences are split into chunks (dispatch.h).
-constexpr int kTemporalThreads = 256;
+// Rows of a warp: the products' M.
+constexpr int kWarpRows = 16;
+// Rows (tokens) per temporal block at most; longer sequences are split into chunks (dispatch.h).
+constexpr int kTemporalRows = 160;
+constexpr int kTemporalThreads = kTemporalRows / kWarpRows * kWarpSize;
 
 // Key (or query) tiles of a sequence: the tile phases of every temporal kernel.
 STTR_HD int temporal_tiles(const Problem& p) {
   return static_cast<int>((static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile);
 }
 
-// Shared memory of a temporal block: two buffers of kKeyTile rows of ``a_dims`` and ``b_dims``
-// channels and two per-row values (the mask, or Λ and D).
+STTR_HD constexpr int round_up16(int x) { return (x + 15) / 16 * 16; }
+// Row pitch of an operand tile of ``columns`` (a multiple of 16): rows start on 16-byte boundaries
+// for ldmatrix, and at 2 bytes per element the 8 rows an ldmatrix matrix reads fall on 8
+// distinct 16-byte bank groups (the pitch is 16 bytes more than a multiple of 128 bytes for 16,
+// 32 and 64 columns).
+STTR_HD constexpr int fragment_pitch(int columns) { return columns + 8; }
+
+// Shared memory of a temporal block: two tile buffers, each with kKeyTile rows of the ``a``
+// operand (q or k, ``a_columns``) and the ``b`` operand (v or dO, ``b_columns``) and two per-row
+// values (the mask and the mask plus 1e-8, or Λ·log2(e) and D); then per warp its own 16 rows of
+// both operands, 16 per-row values and the exchange area of the portable product.
 struct TemporalLayout {
   int PA, PB;
-  size_t buffer_bytes, a, b, scalar0, scalar1, bytes;
+  size_t buffer_bytes, a, b, scalar0, scalar1;
+  size_t warp_bytes, own_a, own_b, own_scalar, exchange;
+  size_t bytes;
 };
 
 template <typename A>
-STTR_HD TemporalLayout temporal_layout(int a_dims, int b_dims) {
+STTR_HD TemporalLayout temporal_layout(int a_columns, int b_columns, int warps) {
   TemporalLayout l{};
-  l.PA = vector_pitch(a_dims);
-  l.PB = vector_pitch(b_dims);
+  l.PA = fragment_pitch(a_columns);
+  l.PB = fragment_pitch(b_columns);
   size_t at = 0;
   l.a = at;
   at = align16(at + kKeyTile * l.PA * sizeof(A));
@@ -45,21 +61,45 @@ STTR_HD TemporalLayout temporal_layout(int a_dims, int b_dims) {
   l.scalar1 = at;
   at = align16(at + kKeyTile * sizeof(A));
   l.buffer_bytes = at;
-  l.bytes = 2 * at;
+  at = 0;
+  l.own_a = at;
+  at = align16(at + kWarpRows * l.PA * sizeof(A));
+  l.own_b = at;
+  at = align16(at + kWarpRows * l.PB * sizeof(A));
+  l.own_scalar = at;
+  at = align16(at + kWarpRows * sizeof(A));
+  l.exchange = at;
+  at = align16(at + kWarpSize * kExchangeElements * sizeof(A));
+  l.warp_bytes = at;
+  l.bytes = 2 * l.buffer_bytes + static_cast<size_t>(warps) * l.warp_bytes;
   return l;
 }
 
+template <typename E>
+STTR_HD E zero_element() { return E(0.0f); }
+
+template <typename Pointer>
+using ElementOf = std::remove_cv_t<std::remove_pointer_t<Pointer>>;
+
 // What every phase of a temporal kernel derives from the block index. Blocks of one (sequence,
 // head) are adjacent, so the tiles they stream come from DRAM once and from L2 after.
-template <typename A>
+template <typename A, int DK, int DV, bool EXACT>
 struct TemporalBlock {
-  TemporalLayout l;
-  int head;
-  int64_t sequence, n, joint, token, tiles;  // token: this thread's query or key
-  int64_t qkv_base;                          // offset of (n', joint) in qkv
+  // Operand columns: dk (at most 16) padded to one 16-deep product, dv to whole ones.
+  static constexpr int KA = 16, KB = round_up16(DV);
+  // Depth of the q·k products: the padding columns are zero, so the portable body stops at dk.
+  static constexpr int kScoreDepth = EXACT ? DK : KA;
 
-  STTR_HD TemporalBlock(const Problem& p, const BlockContext& ctx, int a_dims, int b_dims)
-      : l(temporal_layout<A>(a_dims, b_dims)) {
+  TemporalLayout l;
+  int head, warp, lane, dk, dv;
+  int64_t sequence, n, joint, row0, tiles;  // row0: the warp's first query (or key)
+  int64_t qkv_base;                         // offset of (n', joint) in qkv
+
+  STTR_HD static TemporalLayout layout(int warps) { return temporal_layout<A>(KA, KB, warps); }
+
+  STTR_HD TemporalBlock(const Problem& p, const BlockContext& ctx) : l(layout(ctx.threads / kWarpSize)) {
+    dk = head_dims<DK, EXACT>(p.dkh);
+    dv = head_dims<DV, EXACT>(p.dvh);
     const uint32_t chunk = ctx.block % static_cast<uint32_t>(p.chunks);
     const uint32_t sequence_head = ctx.block / static_cast<uint32_t>(p.chunks);
     head = static_cast<int>(sequence_head % static_cast<uint32_t>(p.H));
@@ -67,275 +107,471 @@ struct TemporalBlock {
     sequence = sequence32;
     n = sequence32 / static_cast<uint32_t>(p.V);
     joint = sequence - n * p.V;
-    token = chunk * p.block_tokens + ctx.thread;
+    warp = ctx.thread / kWarpSize;
+    lane = ctx.thread % kWarpSize;
+    row0 = static_cast<int64_t>(chunk) * p.block_tokens + warp * kWarpRows;
     tiles = (static_cast<uint32_t>(p.T) + kKeyTile - 1) / kKeyTile;
     qkv_base = n * p.qkv.stride_n + joint * p.qkv.stride_v;
   }
 
-  STTR_HD bool active(const Problem& p) const { return token < p.T; }
+  // Whether the warp has a row (the same for all its lanes, so its exchanges stay converged).
+  STTR_HD bool warp_active(const Problem& p) const { return row0 < p.T; }
+  // The token of the lane's fragment rows g (half 0) and g + 8 (half 1).
+  STTR_HD int64_t fragment_token(int half) const { return row0 + lane / 4 + 8 * half; }
   // Flat (sequence, head, token) index: the statistics, D and the key mask.
   STTR_HD int64_t flat_index(const Problem& p, int64_t t) const { return (sequence * p.H + head) * p.T + t; }
   STTR_HD int64_t offset(const Strided& x, int64_t t, int channel) const {
     return n * x.stride_n + joint * x.stride_v + t * x.stride_t + static_cast<int64_t>(channel) * x.stride_c;
   }
-  STTR_HD A* buffer(const BlockContext& ctx, int64_t tile, size_t region) const {
-    return reinterpret_cast<A*>(ctx.shared + (tile & 1) * l.buffer_bytes + region);
+  template <typename T>
+  STTR_HD T* buffer(const BlockContext& ctx, int64_t tile, size_t region) const {
+    return reinterpret_cast<T*>(ctx.shared + (tile & 1) * l.buffer_bytes + region);
+  }
+  template <typename T>
+  STTR_HD T* own(const BlockContext& ctx, size_t region) const {
+    return reinterpret_cast<T*>(ctx.shared + 2 * l.buffer_bytes + warp * l.warp_bytes + region);
   }
   STTR_HD int tile_rows(const Problem& p, int64_t tile) const {
     const int64_t left = p.T - tile * kKeyTile;
     return left < kKeyTile ? static_cast<int>(left) : kKeyTile;
   }
 
-  // Channels [first, first + dims) of the tile's tokens into rows of ``tile``; missing tokens read
+  // Zeroes the padding columns of both buffers' tiles (dk .. 16, dv .. KB) once: the copies
+  // never write them.
+  template <typename E>
+  STTR_HD void zero_padding(const BlockContext& ctx) const {
+    const int pad_a = KA - dk, pad_b = KB - dv, per_row = pad_a + pad_b;
+    const int total = 2 * kKeyTile * per_row;
+#pragma unroll 1
+    for (int e = ctx.thread; e < total; e += ctx.threads) {  // cost-model: loop=zero_pad
+      const int row = e / per_row, c = e - row * per_row;
+      const int tile = row / kKeyTile, tile_row = row - tile * kKeyTile;
+      if (c < pad_a) {
+        buffer<E>(ctx, tile, l.a)[tile_row * l.PA + dk + c] = zero_element<E>();
+      } else {
+        buffer<E>(ctx, tile, l.b)[tile_row * l.PB + dv + c - pad_a] = zero_element<E>();
+      }
+    }
+  }
+
+  // The warp's 16 rows of channels [first, first + dims) into ``rows`` (COLUMNS of them, the rest
+  // zero), tokens fastest across the lanes; rows past the sequence are zero.
+  // kCopyBatch loads in flight per trip (all of them at once held too many registers).
+  template <int COLUMNS, typename E>
+  STTR_HD void stage_rows(const E* data, const Strided& x, int first, int dims, int pitch, E* rows,
+                          const Problem& p) const {
+    static_assert(kWarpRows * COLUMNS % (kWarpSize * kCopyBatch) == 0, "whole batches");
+#pragma unroll 1
+    for (int i0 = 0; i0 < kWarpRows * COLUMNS / kWarpSize; i0 += kCopyBatch) {  // cost-model: loop=stage_rows
+      E values[kCopyBatch];
+      bool inside[kCopyBatch];
+#pragma unroll
+      for (int k = 0; k < kCopyBatch; ++k) {
+        const int e = lane + kWarpSize * (i0 + k), row = e % kWarpRows, c = e / kWarpRows;
+        inside[k] = row0 + row < p.T && c < dims;
+        values[k] = load_raw(data, offset(x, inside[k] ? row0 + row : row0, first + (c < dims ? c : 0)));
+      }
+#pragma unroll
+      for (int k = 0; k < kCopyBatch; ++k) {
+        const int e = lane + kWarpSize * (i0 + k);
+        rows[e % kWarpRows * pitch + e / kWarpRows] = inside[k] ? values[k] : zero_element<E>();
+      }
+    }
+  }
+
+  // Channels [first, first + dims) of the tile's tokens into rows of ``rows``; missing tokens read
   // the last existing one, unconditionally, and are zeroed. Each copy follows the tensor's smaller
   // stride, so that neighbouring threads touch neighbouring addresses.
-  STTR_HD void load_tile(const Strided& x, int64_t tile, int first, int dims, int row_pitch, A* rows,
+  template <typename E>
+  STTR_HD void load_tile(const E* data, const Strided& x, int64_t tile, int first, int dims, int row_pitch, E* rows,
                          const Problem& p, const BlockContext& ctx) const {
     if (x.stride_t <= x.stride_c) {
-      load_tile_along_tokens(x, tile, first, dims, row_pitch, rows, p, ctx);  // cost-model: only=tokens_fastest
+      load_tile_along_tokens(data, x, tile, first, dims, row_pitch, rows, p, ctx);  // cost-model: only=tokens_fastest
     } else {
-      load_tile_along_channels(x, tile, first, dims, row_pitch, rows, p, ctx);  // cost-model: only=channels_fastest
+      load_tile_along_channels(data, x, tile, first, dims, row_pitch, rows, p, ctx);  // cost-model: only=channels_fastest
     }
   }
 
   // Tokens with the smaller stride (the modules' layout, the contiguous one): thread t takes token
   // t % kKeyTile and every (threads / kKeyTile)-th channel from t / kKeyTile on, kCopyBatch loads in
   // flight: a warp reads 32 neighbouring tokens of a channel, a few instructions per element.
-  STTR_HD void load_tile_along_tokens(const Strided& x, int64_t tile, int first, int dims, int row_pitch, A* rows,
-                                      const Problem& p, const BlockContext& ctx) const {
+  template <typename E>
+  STTR_HD void load_tile_along_tokens(const E* data, const Strided& x, int64_t tile, int first, int dims,
+                                      int row_pitch, E* rows, const Problem& p, const BlockContext& ctx) const {
     const int valid = tile_rows(p, tile);
     const int64_t t0 = tile * kKeyTile;
-    with_typed_data(x, [&](const auto* data) {
-      const int row = ctx.thread % kKeyTile, group = ctx.thread / kKeyTile, groups = ctx.threads / kKeyTile;
-      const auto* token = data + offset(x, t0 + (row < valid ? row : valid - 1), first);
-      A* out = rows + row * row_pitch;
-      // kCopyBatch loads before any store, channels past the end reloading the batch's first.
+    const int row = ctx.thread % kKeyTile, group = ctx.thread / kKeyTile, groups = ctx.threads / kKeyTile;
+    const E* token = data + offset(x, t0 + (row < valid ? row : valid - 1), first);
+    E* out = rows + row * row_pitch;
+    // kCopyBatch loads before any store, channels past the end reloading the batch's first.
 #pragma unroll 1
-      for (int c0 = group; c0 < dims; c0 += kCopyBatch * groups) {  // cost-model: loop=token_copy
-        A values[kCopyBatch];
+    for (int c0 = group; c0 < dims; c0 += kCopyBatch * groups) {  // cost-model: loop=token_copy
+      E values[kCopyBatch];
 #pragma unroll
-        for (int k = 0; k < kCopyBatch; ++k) {
-          const int c = c0 + k * groups;
-          values[k] = load_typed<A>(token, static_cast<int64_t>(c < dims ? c : c0) * x.stride_c);
-        }
-#pragma unroll
-        for (int k = 0; k < kCopyBatch; ++k) {
-          if (c0 + k * groups < dims) out[c0 + k * groups] = row < valid ? values[k] : A(0);
-        }
+      for (int k = 0; k < kCopyBatch; ++k) {
+        const int c = c0 + k * groups;
+        values[k] = load_raw(token, static_cast<int64_t>(c < dims ? c : c0) * x.stride_c);
       }
-    });
+#pragma unroll
+      for (int k = 0; k < kCopyBatch; ++k) {
+        if (c0 + k * groups < dims) out[c0 + k * groups] = row < valid ? values[k] : zero_element<E>();
+      }
+    }
   }
 
   // Channels with the smaller stride (channels_last): copy_box puts neighbouring threads on
   // neighbouring channels.
-  STTR_HD void load_tile_along_channels(const Strided& x, int64_t tile, int first, int dims, int row_pitch,
-                                        A* rows, const Problem& p, const BlockContext& ctx) const {
+  template <typename E>
+  STTR_HD void load_tile_along_channels(const E* data, const Strided& x, int64_t tile, int first, int dims,
+                                        int row_pitch, E* rows, const Problem& p, const BlockContext& ctx) const {
     const int valid = tile_rows(p, tile);
     const int64_t t0 = tile * kKeyTile;
-    with_typed_data(x, [&](const auto* data) {
-      copy_box<A>(
-          dims, kKeyTile, 1, ctx,
-          [&](int c, int row, int) {
-            const A value = load_typed<A>(data, offset(x, t0 + (row < valid ? row : valid - 1), first + c));
-            return row < valid ? value : A(0);
-          },
-          [&](int c, int row, int, A value) { rows[row * row_pitch + c] = value; });
+    copy_box<E>(
+        dims, kKeyTile, 1, ctx,
+        [&](int c, int row, int) {
+          const E value = load_raw(data, offset(x, t0 + (row < valid ? row : valid - 1), first + c));
+          return row < valid ? value : zero_element<E>();
+        },
+        [&](int c, int row, int, E value) { rows[row * row_pitch + c] = value; });
+  }
+
+  // The lane's outputs of the fragments ``x`` (8-column blocks of the warp's rows), times
+  // ``scale``, into channels [first, first + dims) of ``tensor``, for the rows that exist.
+  template <int BLOCKS, typename E>
+  STTR_HD void store_fragments(const FragC<A> (&x)[BLOCKS], const A (&scale)[2], E* data, const Strided& tensor,
+                               int first, int dims, const Problem& p) const {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t token = fragment_token(half);
+      if (token >= p.T) continue;
+#pragma unroll
+      for (int j = 0; j < BLOCKS; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int c = 8 * j + 2 * (lane % 4) + e;
+          if (c < dims) store_typed(data, offset(tensor, token, first + c), x[j].x[2 * half + e] * scale[half]);
+        }
+      }
+    }
+  }
+};
+
+template <typename A, int BLOCKS>
+STTR_HD void zero_fragments(FragC<A> (&x)[BLOCKS]) {
+#pragma unroll
+  for (int j = 0; j < BLOCKS; ++j) x[j] = {{A(0), A(0), A(0), A(0)}};
+}
+
+// Forward: an online softmax over key tiles. Per tile a warp's scores S = Q·Kᵀ (16 rows × 32 keys)
+// stay in registers; each row's tile maximum (a quad's lanes share a row) moves its running
+// maximum once (one exponential per row and tile to rescale), then one exponential per score; the
+// denominator accumulates Σ a·(m + 1e-8) = K + 1e-8·L and the output Σ (m·a rounded to the
+// input type)·v, relative to the running maximum over all keys (docs/kernels.md §8 and §11).
+template <typename A, int DK, int DV, bool EXACT>
+struct TemporalForward {
+  static constexpr const char* kName = "TemporalForward";
+  using Block = TemporalBlock<A, DK, DV, EXACT>;
+  static constexpr int NV = Block::KB / 8;  // 8-column blocks of the output
+  struct Registers {
+    FragC<A> acc[NV];
+    A row_max[2], denominator[2];  // rows g and g + 8
+  };
+  static constexpr int kMaxThreads = kTemporalThreads;
+  static constexpr int kPhases = 0;  // start, one per key tile, finish
+  STTR_HD static int tiles(const Problem& p) { return temporal_tiles(p); }
+  STTR_HD static size_t shared_bytes(const Problem& p) { return Block::layout(p.block_tokens / kWarpRows).bytes; }
+
+  template <typename E>
+  STTR_HD static void load_keys(const Problem& p, const Block& b, int64_t tile, const BlockContext& ctx, const E* qkv) {
+    const int k_channel = (p.H + b.head) * b.dk, v_channel = 2 * p.H * b.dk + b.head * b.dv;
+    b.load_tile(qkv, p.qkv, tile, k_channel, b.dk, b.l.PA, b.template buffer<E>(ctx, tile, b.l.a), p, ctx);  // cost-model: dims=dk
+    b.load_tile(qkv, p.qkv, tile, v_channel, b.dv, b.l.PB, b.template buffer<E>(ctx, tile, b.l.b), p, ctx);  // cost-model: dims=dv
+    A* mask = b.template buffer<A>(ctx, tile, b.l.scalar0);
+    A* mask_eps = b.template buffer<A>(ctx, tile, b.l.scalar1);
+    const int valid = b.tile_rows(p, tile);
+    const A eps = drop_eps<A>(p);
+#pragma unroll 1
+    for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {  // cost-model: loop=tile_rows
+      const A m = row >= valid ? A(0) : p.keep ? A(p.keep[b.flat_index(p, tile * kKeyTile + row)] ? 1 : 0) : A(1);
+      mask[row] = m;
+      mask_eps[row] = row < valid ? m + eps : A(0);
+    }
+  }
+
+  STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r) {
+    with_typed_data(p.qkv, [&](const auto* qkv) {
+      using E = ElementOf<decltype(qkv)>;
+      const Block b(p, ctx);
+      b.template zero_padding<E>(ctx);
+      if (b.warp_active(p)) {
+        b.template stage_rows<Block::KA>(qkv, p.qkv, b.head * b.dk, b.dk, b.l.PA, b.template own<E>(ctx, b.l.own_a),  // cost-model: dims=dk
+                                         p);
+      }
+      load_keys(p, b, 0, ctx, qkv);
+    });
+    zero_fragments(r.acc);
+    r.row_max[0] = r.row_max[1] = neg_inf<A>();
+    r.denominator[0] = r.denominator[1] = A(0);
+  }
+
+  STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r) {
+    with_typed_data(p.qkv, [&](const auto* qkv) {
+      const Block b(p, ctx);
+      if (tile + 1 < b.tiles) load_keys(p, b, tile + 1, ctx, qkv);
+      if (b.warp_active(p)) attend<ElementOf<decltype(qkv)>>(p, b, tile, ctx, r);
+    });
+  }
+
+  template <typename E>
+  STTR_HD static void attend(const Problem& p, const Block& b, int64_t tile, const BlockContext& ctx, Registers& r) {
+    const E* keys = b.template buffer<E>(ctx, tile, b.l.a);
+    const E* values = b.template buffer<E>(ctx, tile, b.l.b);
+    const A* mask = b.template buffer<A>(ctx, tile, b.l.scalar0);
+    const A* mask_eps = b.template buffer<A>(ctx, tile, b.l.scalar1);
+    E* exchange = b.template own<E>(ctx, b.l.exchange);
+    const int valid = b.tile_rows(p, tile), lane = b.lane, q = lane % 4;
+    const A scale_log2 = A(p.scale) * A(kLog2e);
+    const FragA<E> query = load_a(b.template own<E>(ctx, b.l.own_a), b.l.PA, 0, lane);
+    FragC<A> s[kKeyTile / 8];
+#pragma unroll
+    for (int h = 0; h < kKeyTile / 16; ++h) {
+      FragB<E> key[2];
+      load_b_from_columns(key, keys, b.l.PA, 16 * h, 0, lane);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        s[2 * h + j] = {{A(0), A(0), A(0), A(0)}};
+        mma<Block::kScoreDepth>(s[2 * h + j], query, key[j], exchange, lane);  // cost-model: dims=dk
+      }
+    }
+    // Keys past the sequence score −inf; every tile holds a valid key, so each row's new maximum
+    // is finite, and the first rescale is exp(−inf) = 0.
+    A tile_max[2] = {neg_inf<A>(), neg_inf<A>()};
+#pragma unroll
+    for (int j = 0; j < kKeyTile / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (8 * j + 2 * q + e % 2 >= valid) s[j].x[e] = neg_inf<A>();
+        tile_max[e / 2] = max_acc(tile_max[e / 2], s[j].x[e]);
+      }
+    }
+    A shift[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const A row_max = max_acc(r.row_max[half], quad_max(tile_max[half]));
+      const A rescale = exp2_acc((r.row_max[half] - row_max) * scale_log2);
+      r.row_max[half] = row_max;
+      shift[half] = row_max * scale_log2;
+      r.denominator[half] *= rescale;
+#pragma unroll
+      for (int j = 0; j < NV; ++j) r.acc[j].x[2 * half] *= rescale, r.acc[j].x[2 * half + 1] *= rescale;
+    }
+    // a = exp(s − max): the denominator takes a·(m + 1e-8), the P·V operand m·a.
+#pragma unroll
+    for (int j = 0; j < kKeyTile / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = 8 * j + 2 * q + e % 2;
+        const A a = exp2_acc(s[j].x[e] * scale_log2 - shift[e / 2]);
+        r.denominator[e / 2] += a * mask_eps[key];
+        s[j].x[e] = a * mask[key];
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < kKeyTile / 16; ++h) {
+      const FragA<E> weights = fragment_from<E>(s[2 * h], s[2 * h + 1]);
+#pragma unroll
+      for (int c = 0; c < NV / 2; ++c) {
+        FragB<E> value[2];
+        load_b_from_rows(value, values, b.l.PB, 16 * c, 16 * h, lane);
+        mma<16>(r.acc[2 * c], weights, value[0], exchange, lane);
+        mma<16>(r.acc[2 * c + 1], weights, value[1], exchange, lane);
+      }
+    }
+  }
+
+  // The row sums of the quad's partial denominators, out = acc / denominator and Λ.
+  STTR_HD static void finish(const Problem& p, const BlockContext& ctx, Registers& r) {
+    with_typed_data(p.qkv, [&](const auto* qkv) {
+      using E = ElementOf<decltype(qkv)>;
+      const Block b(p, ctx);
+      if (!b.warp_active(p)) return;
+      A inverse[2];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        r.denominator[half] = quad_sum(r.denominator[half]);
+        inverse[half] = reciprocal(r.denominator[half]);
+        const int64_t token = b.fragment_token(half);
+        if (b.lane % 4 == 0 && token < p.T) {
+          static_cast<A*>(p.stats)[b.flat_index(p, token)] = r.row_max[half] * A(p.scale) + log_acc(r.denominator[half]);
+        }
+      }
+      b.store_fragments(r.acc, inverse, static_cast<E*>(p.out.data), p.out, b.head * b.dv, b.dv, p);
     });
   }
 };
 
-template <typename A, int D, bool EXACT>
-STTR_HD void load_global_row(A (&x)[D], const Strided& tensor, int64_t base, int first, int dims) {
-  with_typed_data(tensor, [&](const auto* data) {
-#pragma unroll
-    for (int c = 0; c < D; ++c) {
-      x[c] = live<EXACT>(c, dims) ? load_typed<A>(data, base + static_cast<int64_t>(first + c) * tensor.stride_c)
-                                  : A(0);
-    }
-  });
-}
-
-template <typename A, int D, bool EXACT>
-STTR_HD void store_global_row(const A (&x)[D], A scale, const Strided& tensor, int64_t base, int first, int dims) {
-  with_typed_data(tensor, [&](auto* data) {
-#pragma unroll
-    for (int c = 0; c < D; ++c) {
-      if (live<EXACT>(c, dims)) store_typed(data, base + static_cast<int64_t>(first + c) * tensor.stride_c, x[c] * scale);
-    }
-  });
-}
-
-// Forward: an online softmax over key tiles. Per tile a thread finds its scores' maximum, moves
-// its running maximum once (one exponential per tile to rescale), then takes one exponential per
-// score; the denominator accumulates Σ a·(m + 1e-8) = K + 1e-8·L and the output
-// Σ m·a·v, relative to the running maximum over all keys (docs/kernels.md §8: accumulated in
-// float32, kept weights relative to a dropped maximum are lost only below 2^-126).
-template <typename A, int DK, int DV, bool EXACT>
-struct TemporalForward {
-  static constexpr const char* kName = "TemporalForward";
-  STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
-  STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
-  struct Registers {
-    A q[DK], acc[DV];
-    A row_max, denominator;
-  };
-  static constexpr int kMaxThreads = kTemporalThreads;
-  static constexpr int kPhases = 0;  // start, one per key tile, finish
-  STTR_HD static int tiles(const Problem& p) { return temporal_tiles(p); }
-
-  STTR_HD static void load_keys(const Problem& p, const TemporalBlock<A>& b, int64_t tile, const BlockContext& ctx) {
-    const int k_channel = (p.H + b.head) * dk(p), v_channel = 2 * p.H * dk(p) + b.head * dv(p);
-    b.load_tile(p.qkv, tile, k_channel, dk(p), b.l.PA, b.buffer(ctx, tile, b.l.a), p, ctx);  // cost-model: dims=dk
-    b.load_tile(p.qkv, tile, v_channel, dv(p), b.l.PB, b.buffer(ctx, tile, b.l.b), p, ctx);  // cost-model: dims=dv
-    A* mask = b.buffer(ctx, tile, b.l.scalar0);
-    const int valid = b.tile_rows(p, tile);
-#pragma unroll 1
-    for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {  // cost-model: loop=tile_rows
-      mask[row] = row >= valid ? A(0) : p.keep ? A(p.keep[b.flat_index(p, tile * kKeyTile + row)] ? 1 : 0) : A(1);
-    }
-  }
-
-  STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r) {
-    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (b.active(p)) {
-      load_global_row<A, DK, EXACT>(r.q, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, b.head * dk(p), dk(p));
-      fill(r.acc, A(0));
-      r.row_max = neg_inf<A>();
-      r.denominator = 0;
-    }
-    load_keys(p, b, 0, ctx);
-  }
-
-  STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r) {
-    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (tile + 1 < b.tiles) load_keys(p, b, tile + 1, ctx);
-    if (b.active(p)) attend_tile(p, b, tile, ctx, r);
-  }
-
-  STTR_HD static void finish(const Problem& p, const BlockContext& ctx, Registers& r) {
-    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (!b.active(p)) return;
-    const A inverse = reciprocal(r.denominator);
-    store_global_row<A, DV, EXACT>(r.acc, inverse, p.out, b.offset(p.out, b.token, 0), b.head * dv(p), dv(p));
-    static_cast<A*>(p.stats)[b.flat_index(p, b.token)] = r.row_max * A(p.scale) + log_acc(r.denominator);
-  }
-
-  STTR_HD static void attend_tile(const Problem& p, const TemporalBlock<A>& b, int64_t tile,
-                                  const BlockContext& ctx, Registers& r) {
-    const A* keys = b.buffer(ctx, tile, b.l.a);
-    const A* values = b.buffer(ctx, tile, b.l.b);
-    const A* mask = b.buffer(ctx, tile, b.l.scalar0);
-    const int valid = b.tile_rows(p, tile);
-    const A scale_log2 = A(p.scale) * A(kLog2e), eps = drop_eps<A>(p);
-    // Two passes over the tile: its maximum first (moving the running maximum once per tile, one
-    // exponential to rescale), then one exponential per score. Recomputing the dkh-term dot costs
-    // less than holding kKeyTile scores in registers, which made ptxas spill.
-    A tile_max = neg_inf<A>();
-#pragma unroll 1
-    for (int j = 0; j < valid; ++j) {  // cost-model: loop=tile_keys
-      tile_max = max_acc(tile_max, dot_row<A, DK, EXACT>(r.q, keys + j * b.l.PA, dk(p)));
-    }
-    // Every tile holds a valid key, so the new maximum is finite; the first rescale is exp(−inf) = 0.
-    const A row_max = max_acc(r.row_max, tile_max);
-    const A rescale = exp2_acc((r.row_max - row_max) * scale_log2);
-    r.row_max = row_max;
-    r.denominator *= rescale;
-#pragma unroll
-    for (int c = 0; c < DV; ++c) r.acc[c] *= rescale;
-#pragma unroll 1
-    for (int j = 0; j < valid; ++j) {  // cost-model: loop=tile_keys
-      const A a = exp2_acc((dot_row<A, DK, EXACT>(r.q, keys + j * b.l.PA, dk(p)) - row_max) * scale_log2);
-      r.denominator += a * (mask[j] + eps);
-      add_scaled_row<A, DV, EXACT>(r.acc, a * mask[j], values + j * b.l.PB, dv(p));
-    }
-  }
-};
-
-// Backward, query kernel: one thread per query. D = rowsum(dO ⊙ O) from the saved output (stored
-// in ``delta`` for the key kernel), then over key tiles q = exp(s − Λ), dP = dO·v,
-// dS = q ⊙ (m ⊙ (dP − D) − 1e-8·D) and dQ = dS·K (docs/kernels.md §7).
+// Backward, query kernel: a warp per 16 queries. D = rowsum(dO ⊙ O) from the saved output
+// (stored in ``delta`` for the key kernel), then over key tiles q = exp(s − Λ), dP = dO·Vᵀ,
+// dS = q ⊙ (m ⊙ (dP − D) − 1e-8·D) and dQ += dS·K, dS rounded to the input type
+// (docs/kernels.md §7).
 template <typename A, int DK, int DV, bool EXACT>
 struct TemporalBackwardQuery {
   static constexpr const char* kName = "TemporalBackwardQuery";
-  STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
-  STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
+  using Block = TemporalBlock<A, DK, DV, EXACT>;
+  static constexpr int NK = DK > 8 ? 2 : 1;  // 8-column blocks of dQ
   struct Registers {
-    A q[DK], dout[DV], dq[DK];
-    A statistic_log2, d;
+    FragC<A> dq[NK];
+    A statistic_log2[2], d[2];
   };
   static constexpr int kMaxThreads = kTemporalThreads;
   static constexpr int kPhases = 0;  // start, one per key tile, finish
   STTR_HD static int tiles(const Problem& p) { return temporal_tiles(p); }
+  STTR_HD static size_t shared_bytes(const Problem& p) { return Block::layout(p.block_tokens / kWarpRows).bytes; }
 
   STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r) {
-    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (b.active(p)) load_rows(p, b, r);
-    TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, 0, ctx);
+    with_typed_data(p.qkv, [&](const auto* qkv) {
+      using E = ElementOf<decltype(qkv)>;
+      const Block b(p, ctx);
+      b.template zero_padding<E>(ctx);
+      if (b.warp_active(p)) load_rows(p, b, ctx, r, qkv);
+      TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, 0, ctx, qkv);
+    });
+    zero_fragments(r.dq);
+  }
+
+  // The warp's q and dO rows; D per row by the first 16 lanes, which share it through the warp's
+  // per-row values.
+  template <typename E>
+  STTR_HD static void load_rows(const Problem& p, const Block& b, const BlockContext& ctx, Registers& r,
+                                const E* qkv) {
+    E* own_dout = b.template own<E>(ctx, b.l.own_b);
+    A* own_d = b.template own<A>(ctx, b.l.own_scalar);
+    b.template stage_rows<Block::KA>(qkv, p.qkv, b.head * b.dk, b.dk, b.l.PA, b.template own<E>(ctx, b.l.own_a),  // cost-model: dims=dk
+                                     p);
+    b.template stage_rows<Block::KB>(static_cast<const E*>(p.grad_out.data), p.grad_out, b.head * b.dv, b.dv,  // cost-model: dims=dv
+                                     b.l.PB, own_dout, p);
+    warp_sync();
+    if (b.lane < kWarpRows) {
+      const int64_t token = b.row0 + b.lane;
+      const E* out = static_cast<const E*>(p.out.data);
+      A d = 0;
+      if (token < p.T) {
+        const E* out_row = out + b.offset(p.out, token, b.head * b.dv);
+#pragma unroll 1
+        for (int c = 0; c < b.dv; ++c) {  // cost-model: loop=delta_channels
+          d += static_cast<A>(own_dout[b.lane * b.l.PB + c]) * load_typed<A>(out_row, c * p.out.stride_c);
+        }
+        static_cast<A*>(p.delta)[b.flat_index(p, token)] = d;
+      }
+      own_d[b.lane] = d;
+    }
+    warp_sync();
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t token = b.fragment_token(half);
+      r.d[half] = own_d[token - b.row0];
+      r.statistic_log2[half] = token < p.T ? static_cast<const A*>(p.stats)[b.flat_index(p, token)] * A(kLog2e) : A(0);
+    }
   }
 
   STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r) {
-    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (tile + 1 < b.tiles) TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, tile + 1, ctx);
-    if (!b.active(p)) return;
-    const A* keys = b.buffer(ctx, tile, b.l.a);
-    const A* values = b.buffer(ctx, tile, b.l.b);
-    const A* mask = b.buffer(ctx, tile, b.l.scalar0);
-    const int valid = b.tile_rows(p, tile);
-    const A scale_log2 = A(p.scale) * A(kLog2e), eps = drop_eps<A>(p);
-#pragma unroll 1
-    for (int j = 0; j < valid; ++j) {  // cost-model: loop=tile_keys
-      const A w = exp2_acc(dot_row<A, DK, EXACT>(r.q, keys + j * b.l.PA, dk(p)) * scale_log2 - r.statistic_log2);
-      const A grad_weight = dot_row<A, DV, EXACT>(r.dout, values + j * b.l.PB, dv(p));
-      add_scaled_row<A, DK, EXACT>(r.dq, w * (mask[j] * (grad_weight - r.d) - eps * r.d), keys + j * b.l.PA, dk(p));
+    with_typed_data(p.qkv, [&](const auto* qkv) {
+      const Block b(p, ctx);
+      if (tile + 1 < b.tiles) TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, tile + 1, ctx, qkv);
+      if (b.warp_active(p)) attend<ElementOf<decltype(qkv)>>(p, b, tile, ctx, r);
+    });
+  }
+
+  template <typename E>
+  STTR_HD static void attend(const Problem& p, const Block& b, int64_t tile, const BlockContext& ctx, Registers& r) {
+    const E* keys = b.template buffer<E>(ctx, tile, b.l.a);
+    const E* values = b.template buffer<E>(ctx, tile, b.l.b);
+    const A* mask = b.template buffer<A>(ctx, tile, b.l.scalar0);
+    const A* mask_eps = b.template buffer<A>(ctx, tile, b.l.scalar1);
+    const E* own_dout = b.template own<E>(ctx, b.l.own_b);
+    E* exchange = b.template own<E>(ctx, b.l.exchange);
+    const int valid = b.tile_rows(p, tile), lane = b.lane, q = lane % 4;
+    const A scale_log2 = A(p.scale) * A(kLog2e);
+    const FragA<E> query = load_a(b.template own<E>(ctx, b.l.own_a), b.l.PA, 0, lane);
+#pragma unroll
+    for (int h = 0; h < kKeyTile / 16; ++h) {
+      FragC<A> s[2], grad_weight[2];
+      FragB<E> key[2];
+      load_b_from_columns(key, keys, b.l.PA, 16 * h, 0, lane);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        s[j] = grad_weight[j] = {{A(0), A(0), A(0), A(0)}};
+        mma<Block::kScoreDepth>(s[j], query, key[j], exchange, lane);  // cost-model: dims=dk
+      }
+#pragma unroll
+      for (int c = 0; c < Block::KB / 16; ++c) {
+        const FragA<E> dout = load_a(own_dout, b.l.PB, 16 * c, lane);
+        FragB<E> value[2];
+        load_b_from_columns(value, values, b.l.PB, 16 * h, 16 * c, lane);
+        mma<16>(grad_weight[0], dout, value[0], exchange, lane);
+        mma<16>(grad_weight[1], dout, value[1], exchange, lane);
+      }
+      // dS in place of s; keys past the sequence weigh 0.
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = 16 * h + 8 * j + 2 * q + e % 2;
+          const A w = key < valid ? exp2_acc(s[j].x[e] * scale_log2 - r.statistic_log2[e / 2]) : A(0);
+          s[j].x[e] = w * (mask[key] * grad_weight[j].x[e] - mask_eps[key] * r.d[e / 2]);
+        }
+      }
+      const FragA<E> grad_scores = fragment_from<E>(s[0], s[1]);
+      FragB<E> key_rows[2];
+      load_b_from_rows(key_rows, keys, b.l.PA, 0, 16 * h, lane);
+#pragma unroll
+      for (int j = 0; j < NK; ++j) mma<16>(r.dq[j], grad_scores, key_rows[j], exchange, lane);
     }
   }
 
   STTR_HD static void finish(const Problem& p, const BlockContext& ctx, Registers& r) {
-    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (!b.active(p)) return;
-    store_global_row<A, DK, EXACT>(r.dq, A(p.scale), p.grad_qkv, b.offset(p.grad_qkv, b.token, 0), b.head * dk(p),
-                                   dk(p));
-  }
-
-  // This thread's q and dO rows, and D = rowsum(dO ⊙ O) from the saved output.
-  STTR_HD static void load_rows(const Problem& p, const TemporalBlock<A>& b, Registers& r) {
-    load_global_row<A, DK, EXACT>(r.q, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, b.head * dk(p), dk(p));
-    load_global_row<A, DV, EXACT>(r.dout, p.grad_out, b.offset(p.grad_out, b.token, 0), b.head * dv(p), dv(p));
-    A out[DV];
-    load_global_row<A, DV, EXACT>(out, p.out, b.offset(p.out, b.token, 0), b.head * dv(p), dv(p));
-    A d = 0;
-#pragma unroll
-    for (int c = 0; c < DV; ++c) d += r.dout[c] * out[c];
-    r.d = d;
-    static_cast<A*>(p.delta)[b.flat_index(p, b.token)] = d;
-    r.statistic_log2 = static_cast<const A*>(p.stats)[b.flat_index(p, b.token)] * A(kLog2e);
-    fill(r.dq, A(0));
+    with_typed_data(p.qkv, [&](const auto* qkv) {
+      using E = ElementOf<decltype(qkv)>;
+      const Block b(p, ctx);
+      if (!b.warp_active(p)) return;
+      const A scale[2] = {A(p.scale), A(p.scale)};
+      b.store_fragments(r.dq, scale, static_cast<E*>(p.grad_qkv.data), p.grad_qkv, b.head * b.dk, b.dk, p);
+    });
   }
 };
 
-// Backward, key kernel: one thread per key, streaming query tiles (q, dO, Λ and D). For each
-// query: q = exp(s − Λ), dP = dO·v, dS as above, dK += dS·q and dV += m·q·dO. It runs after the
-// query kernel (same stream), which wrote D.
+// Backward, key kernel: a warp per 16 keys, streaming query tiles (q, dO, Λ and D), computing
+// the transposed products: Sᵀ = K·Qᵀ, q = exp(s − Λ), dPᵀ = V·dOᵀ, dS as above, dK += dSᵀ·Q and
+// dV += (m ⊙ q)ᵀ·dO, both weights rounded to the input type. It runs after the query kernel (same
+// stream), which wrote D.
 template <typename A, int DK, int DV, bool EXACT>
 struct TemporalBackwardKey {
   static constexpr const char* kName = "TemporalBackwardKey";
-  STTR_HD static int dk(const Problem& p) { return head_dims<DK, EXACT>(p.dkh); }
-  STTR_HD static int dv(const Problem& p) { return head_dims<DV, EXACT>(p.dvh); }
+  using Block = TemporalBlock<A, DK, DV, EXACT>;
+  static constexpr int NK = DK > 8 ? 2 : 1, NV = Block::KB / 8;
   struct Registers {
-    A k[DK], v[DV], dk[DK], dv[DV];
-    A keep;
+    FragC<A> dk[NK], dv[NV];
+    A keep[2], keep_eps[2];  // the mask of keys g and g + 8, and plus 1e-8
   };
   static constexpr int kMaxThreads = kTemporalThreads;
-  static constexpr int kPhases = 0;  // start, one per key tile, finish
+  static constexpr int kPhases = 0;  // start, one per query tile, finish
   STTR_HD static int tiles(const Problem& p) { return temporal_tiles(p); }
+  STTR_HD static size_t shared_bytes(const Problem& p) { return Block::layout(p.block_tokens / kWarpRows).bytes; }
 
-  STTR_HD static void load_queries(const Problem& p, const TemporalBlock<A>& b, int64_t tile, const BlockContext& ctx) {
-    const int q_channel = b.head * dk(p), dout_channel = b.head * dv(p);
-    b.load_tile(p.qkv, tile, q_channel, dk(p), b.l.PA, b.buffer(ctx, tile, b.l.a), p, ctx);  // cost-model: dims=dk
-    b.load_tile(p.grad_out, tile, dout_channel, dv(p), b.l.PB, b.buffer(ctx, tile, b.l.b), p,  // cost-model: dims=dv
-                ctx);
-    A* statistics_log2 = b.buffer(ctx, tile, b.l.scalar0);
-    A* d = b.buffer(ctx, tile, b.l.scalar1);
+  // m ⊙ q of a fragment, the mask by row (key).
+  STTR_HD static FragC<A> kept_weights(const FragC<A>& w, const A (&keep)[2]) {
+    return {{keep[0] * w.x[0], keep[0] * w.x[1], keep[1] * w.x[2], keep[1] * w.x[3]}};
+  }
+
+  template <typename E>
+  STTR_HD static void load_queries(const Problem& p, const Block& b, int64_t tile, const BlockContext& ctx,
+                                   const E* qkv) {
+    const int q_channel = b.head * b.dk, dout_channel = b.head * b.dv;
+    b.load_tile(qkv, p.qkv, tile, q_channel, b.dk, b.l.PA, b.template buffer<E>(ctx, tile, b.l.a), p, ctx);  // cost-model: dims=dk
+    b.load_tile(static_cast<const E*>(p.grad_out.data), p.grad_out, tile, dout_channel, b.dv, b.l.PB,  // cost-model: dims=dv
+                b.template buffer<E>(ctx, tile, b.l.b), p, ctx);
+    A* statistics_log2 = b.template buffer<A>(ctx, tile, b.l.scalar0);
+    A* d = b.template buffer<A>(ctx, tile, b.l.scalar1);
     const int valid = b.tile_rows(p, tile);
 #pragma unroll 1
     for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {  // cost-model: loop=tile_rows
@@ -346,51 +582,112 @@ struct TemporalBackwardKey {
   }
 
   STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r) {
-    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (b.active(p)) {
-      load_global_row<A, DK, EXACT>(r.k, p.qkv, b.qkv_base + b.token * p.qkv.stride_t, (p.H + b.head) * dk(p),
-                                    dk(p));
-      load_global_row<A, DV, EXACT>(r.v, p.qkv, b.qkv_base + b.token * p.qkv.stride_t,
-                                    2 * p.H * dk(p) + b.head * dv(p), dv(p));
-      r.keep = p.keep ? A(p.keep[b.flat_index(p, b.token)] ? 1 : 0) : A(1);
-      fill(r.dk, A(0));
-      fill(r.dv, A(0));
-    }
-    load_queries(p, b, 0, ctx);
+    with_typed_data(p.qkv, [&](const auto* qkv) {
+      using E = ElementOf<decltype(qkv)>;
+      const Block b(p, ctx);
+      b.template zero_padding<E>(ctx);
+      if (b.warp_active(p)) {
+        b.template stage_rows<Block::KA>(qkv, p.qkv, (p.H + b.head) * b.dk, b.dk, b.l.PA,  // cost-model: dims=dk
+                                         b.template own<E>(ctx, b.l.own_a), p);
+        b.template stage_rows<Block::KB>(qkv, p.qkv, 2 * p.H * b.dk + b.head * b.dv, b.dv, b.l.PB,  // cost-model: dims=dv
+                                         b.template own<E>(ctx, b.l.own_b), p);
+        const A eps = drop_eps<A>(p);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int64_t token = b.fragment_token(half);
+          const A m = token >= p.T ? A(0) : p.keep ? A(p.keep[b.flat_index(p, token)] ? 1 : 0) : A(1);
+          r.keep[half] = m;
+          r.keep_eps[half] = token < p.T ? m + eps : A(0);
+        }
+      }
+      load_queries(p, b, 0, ctx, qkv);
+    });
+    zero_fragments(r.dk);
+    zero_fragments(r.dv);
   }
 
   STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r) {
-    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (tile + 1 < b.tiles) load_queries(p, b, tile + 1, ctx);
-    if (!b.active(p)) return;
-    const A* queries = b.buffer(ctx, tile, b.l.a);
-    const A* douts = b.buffer(ctx, tile, b.l.b);
-    const A* statistics_log2 = b.buffer(ctx, tile, b.l.scalar0);
-    const A* d = b.buffer(ctx, tile, b.l.scalar1);
-    const int valid = b.tile_rows(p, tile);
-    const A scale_log2 = A(p.scale) * A(kLog2e), eps = drop_eps<A>(p);
+    with_typed_data(p.qkv, [&](const auto* qkv) {
+      const Block b(p, ctx);
+      if (tile + 1 < b.tiles) load_queries(p, b, tile + 1, ctx, qkv);
+      if (b.warp_active(p)) attend<ElementOf<decltype(qkv)>>(p, b, tile, ctx, r);
+    });
+  }
+
+  template <typename E>
+  STTR_HD static void attend(const Problem& p, const Block& b, int64_t tile, const BlockContext& ctx, Registers& r) {
+    const E* queries = b.template buffer<E>(ctx, tile, b.l.a);
+    const E* douts = b.template buffer<E>(ctx, tile, b.l.b);
+    const A* statistics_log2 = b.template buffer<A>(ctx, tile, b.l.scalar0);
+    const A* d = b.template buffer<A>(ctx, tile, b.l.scalar1);
+    const E* own_values = b.template own<E>(ctx, b.l.own_b);
+    E* exchange = b.template own<E>(ctx, b.l.exchange);
+    const int valid = b.tile_rows(p, tile), lane = b.lane, q = lane % 4;
+    const A scale_log2 = A(p.scale) * A(kLog2e);
+    const FragA<E> key = load_a(b.template own<E>(ctx, b.l.own_a), b.l.PA, 0, lane);
+    // The tile's two halves one after the other (not unrolled): interleaved, ptxas spilled at 16/64.
 #pragma unroll 1
-    for (int i = 0; i < valid; ++i) {  // cost-model: loop=tile_keys
-      const A* query = queries + i * b.l.PA;
-      const A* dout = douts + i * b.l.PB;
-      const A w = exp2_acc(dot_row<A, DK, EXACT>(r.k, query, dk(p)) * scale_log2 - statistics_log2[i]);
-      // dP and dV's update read each dO element once.
-      const A kept = r.keep * w;
-      A grad_weight = 0;
-      for_each_channel<A, DV, EXACT>(dout, dv(p), [&](int c, A value) {
-        grad_weight += r.v[c] * value;
-        r.dv[c] += kept * value;
-      });
-      add_scaled_row<A, DK, EXACT>(r.dk, w * (r.keep * (grad_weight - d[i]) - eps * d[i]), query, dk(p));
+    for (int h = 0; h < kKeyTile / 16; ++h) {  // cost-model: loop=tile_halves
+      FragC<A> s[2], grad_weight[2];
+      FragB<E> query[2];
+      load_b_from_columns(query, queries, b.l.PA, 16 * h, 0, lane);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        s[j] = grad_weight[j] = {{A(0), A(0), A(0), A(0)}};
+        mma<Block::kScoreDepth>(s[j], key, query[j], exchange, lane);  // cost-model: dims=dk
+      }
+#pragma unroll
+      for (int c = 0; c < Block::KB / 16; ++c) {
+        const FragA<E> value = load_a(own_values, b.l.PB, 16 * c, lane);
+        FragB<E> dout[2];
+        load_b_from_columns(dout, douts, b.l.PB, 16 * h, 16 * c, lane);
+        mma<16>(grad_weight[0], value, dout[0], exchange, lane);
+        mma<16>(grad_weight[1], value, dout[1], exchange, lane);
+      }
+      // q in place of s (queries past the sequence weigh 0); dV takes m ⊙ q first, so that only
+      // its rounded fragment lives on while dSᵀ is formed.
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int query_row = 16 * h + 8 * j + 2 * q + e % 2;
+          s[j].x[e] = query_row < valid ? exp2_acc(s[j].x[e] * scale_log2 - statistics_log2[query_row]) : A(0);
+        }
+      }
+      const FragA<E> weights = fragment_from<E>(kept_weights(s[0], r.keep), kept_weights(s[1], r.keep));
+#pragma unroll
+      for (int c = 0; c < NV / 2; ++c) {
+        FragB<E> dout[2];
+        load_b_from_rows(dout, douts, b.l.PB, 16 * c, 16 * h, lane);
+        mma<16>(r.dv[2 * c], weights, dout[0], exchange, lane);
+        mma<16>(r.dv[2 * c + 1], weights, dout[1], exchange, lane);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int query_row = 16 * h + 8 * j + 2 * q + e % 2;
+          s[j].x[e] *= r.keep[e / 2] * grad_weight[j].x[e] - r.keep_eps[e / 2] * d[query_row];
+        }
+      }
+      const FragA<E> grad_scores = fragment_from<E>(s[0], s[1]);
+      FragB<E> query_rows[2];
+      load_b_from_rows(query_rows, queries, b.l.PA, 0, 16 * h, lane);
+#pragma unroll
+      for (int j = 0; j < NK; ++j) mma<16>(r.dk[j], grad_scores, query_rows[j], exchange, lane);
     }
   }
 
   STTR_HD static void finish(const Problem& p, const BlockContext& ctx, Registers& r) {
-    const TemporalBlock<A> b(p, ctx, dk(p), dv(p));
-    if (!b.active(p)) return;
-    const int64_t base = b.offset(p.grad_qkv, b.token, 0);
-    store_global_row<A, DK, EXACT>(r.dk, A(p.scale), p.grad_qkv, base, (p.H + b.head) * dk(p), dk(p));
-    store_global_row<A, DV, EXACT>(r.dv, A(1), p.grad_qkv, base, 2 * p.H * dk(p) + b.head * dv(p), dv(p));
+    with_typed_data(p.qkv, [&](const auto* qkv) {
+      using E = ElementOf<decltype(qkv)>;
+      const Block b(p, ctx);
+      if (!b.warp_active(p)) return;
+      E* grad = static_cast<E*>(p.grad_qkv.data);
+      const A scale[2] = {A(p.scale), A(p.scale)}, one[2] = {A(1), A(1)};
+      b.store_fragments(r.dk, scale, grad, p.grad_qkv, (p.H + b.head) * b.dk, b.dk, p);
+      b.store_fragments(r.dv, one, grad, p.grad_qkv, 2 * p.H * b.dk + b.head * b.dv, b.dv, p);
+    });
   }
 };
 

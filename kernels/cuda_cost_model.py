@@ -48,6 +48,8 @@ KERNELS = {"spatial_forward": ("spatial_forward", "SpatialForward"),
            "temporal_backward_key": ("temporal_backward", "TemporalBackwardKey"),
            "spatial_key_mask": ("key_mask", "key_mask"),
            "temporal_key_mask": ("key_mask", "key_mask")}
+# The loops that run per key (or per key tile): their instructions are a row's ``key loop``.
+KEY_LOOPS = ("tiles", "tile_halves", "fragment_depth", "joints")
 # The conditions a launch can meet, for ``only=`` tags.
 DTYPE_CONDITIONS = {"fp16", "bf16", "fp32"}
 
@@ -294,6 +296,22 @@ def executed(instructions: list[Instruction]) -> list[Instruction]:
     return [i for i in instructions if end is None or i.address < end]
 
 
+def without_divergence_fallbacks(instructions: list[Instruction]) -> list[Instruction]:
+    """Without the out-of-line code a warp exchange (shfl.sync, __syncwarp) branches to with
+    ``BRA.DIV`` when its warp is not converged, which ends in a branch back: the kernels run their
+    exchanges converged (the host build checks it, csrc/host_launch.cpp), so it never runs, and
+    its branch back is no loop."""
+    starts = {i.target for i in instructions if i.text.startswith("BRA.DIV") and i.target is not None}
+    kept, inside = [], False
+    for instruction in instructions:
+        inside = inside or instruction.address in starts
+        if not inside:
+            kept.append(instruction)
+        elif instruction.backward:
+            inside = False
+    return kept
+
+
 def find_loops(instructions: list[Instruction], tags) -> list[Loop]:
     """Every backward branch as a loop, outermost first, each with its enclosing loop."""
     loops = sorted((Loop(i.target, i.address, i.chain, _innermost(i.chain[:1], tags, "loop"),
@@ -316,13 +334,25 @@ def trips_per_entry(loop: Loop, launch: dict, layer_tokens: int, layer_joints: i
     threads, warps = launch["threads"], launch["threads"] // 32
     if loop.name == "tiles":
         return launch["tiles"]
-    if loop.name == "tile_keys":  # every tile's valid rows: the sequence over the tiles
-        return layer_tokens / launch["tiles"]
+    if loop.name == "tile_halves":  # a key tile's two 16-key products, one after the other
+        return launch["key_tile"] / 16
     if loop.name == "joints":
         return layer_joints
     key_tile, batch = launch["key_tile"], launch["copy_batch"]
     if loop.name == "tile_rows":  # for (row = thread; row < key_tile; row += threads)
         return _per_warp_mean(warps, lambda t: math.ceil((key_tile - t) / threads) if t < key_tile else 0)
+    # The temporal operand tiles' columns: dk padded to one 16-deep product, dv (as the
+    # instantiation holds it) to whole ones (csrc/temporal.cuh, TemporalBlock).
+    padded = {"dk": 16, "dv": -(-launch.get("dv", 0) // 16) * 16}
+    if loop.name == "zero_pad":  # for (e = thread; e < 2 * key_tile * padding; e += threads)
+        total = 2 * key_tile * (padded["dk"] - dims["dk"] + padded["dv"] - dims["dv"])
+        return _per_warp_mean(warps, lambda t: math.ceil((total - t) / threads) if t < total else 0)
+    if loop.name == "stage_rows":  # a warp's 16 rows of the padded columns, 32 lanes, batch per trip
+        return 16 * padded[loop.dims] / (32 * batch)
+    if loop.name == "delta_channels":  # D = rowsum(dO ⊙ O), one row per lane of the first 16
+        return dims["dv"]
+    if loop.name == "fragment_depth":  # the portable product's depth: dk for q·k, else 16
+        return dims["dk"] if loop.dims == "dk" else 16
     channels = dims[loop.dims]
     if loop.name == "token_copy":  # for (c0 = t / key_tile; c0 < dims; c0 += batch * threads / key_tile)
         groups = threads // key_tile
@@ -350,7 +380,7 @@ def count(instructions: list[Instruction], launch: dict, conditions: set[str], l
     """How many instructions a warp runs: each counted instruction once per run of its innermost
     loop. Instructions inlined through an ``only=`` call whose condition does not hold are left out."""
     from .cost_model import instruction_class  # noqa: PLC0415 (cost_model imports this module)
-    code = [i for i in executed(instructions) if _only(i.chain, tags) <= conditions]
+    code = [i for i in without_divergence_fallbacks(executed(instructions)) if _only(i.chain, tags) <= conditions]
     loops = [l for l in find_loops(code, tags) if _only(l.chain, tags) <= conditions]
     totals: dict[int, float] = {}
     problems = []
@@ -380,7 +410,7 @@ def count(instructions: list[Instruction], launch: dict, conditions: set[str], l
             ex2 += runs
         if loop is not None:
             loop.instructions += 1
-            if loop.name in ("tile_keys", "joints"):
+            if loop.name in KEY_LOOPS:
                 key_loop += 1
                 kind = instruction_class(instruction.opcode)
                 mix[kind] = mix.get(kind, 0) + 1
@@ -404,15 +434,16 @@ def conditions(dtype: str, layout: str) -> set[str]:
 
 
 def exponentials(kernel: str, launch: dict, layer) -> int:
-    """One per score of the rows as the kernel pads them (every lane of a block's warps) and the
-    keys it loops over, plus the temporal forward's one rescale per row and key tile."""
+    """One per score of the tiles as the kernel pads them: spatially every lane of a block's
+    warps against the V keys; temporally the blocks' rows (16 per warp) against the key tiles
+    (kKeyTile keys each), plus the forward's one rescale per row and key tile."""
     from .cost_model import JOINTS  # noqa: PLC0415
     if launch["kernel"] == "key_mask":
         return 0
-    rows = launch["blocks"] * launch["threads"]
     if kernel.startswith("spatial"):
-        return rows * JOINTS
-    return rows * layer.tokens + (rows * launch["tiles"] if kernel == "temporal_forward" else 0)
+        return launch["blocks"] * launch["threads"] * JOINTS
+    rows = launch["blocks"] * launch["block_tokens"]
+    return rows * launch["tiles"] * launch["key_tile"] + (rows * launch["tiles"] if kernel == "temporal_forward" else 0)
 
 
 def plan(family: str = "all", kernels: list[str] | None = None, quick: bool = False) -> list[tuple]:
@@ -458,7 +489,7 @@ def rows(planned: list[tuple], device, layout: str = "module", progress=None) ->
         estimate = cost_model.bounds(warp_instructions, needed_bytes, exps, device)
         ex2_lanes = 32 * launch["blocks"] * warps * counted.mufu_ex2
         family, direction = cost_model.KERNELS[kernel]
-        key_loop = next((l for l in counted.loops if l["loop"] in ("tile_keys", "joints")), None)
+        key_loop = next((l for l in counted.loops if l["loop"] in ("tiles", "joints")), None)
         found.append({
             "backend": "cuda", "kernel": kernel, "family": family, "direction": direction, "layer": layer.name,
             "stream": layer.stream, "tokens": layer.tokens, "dkh": layer.dkh, "dvh": layer.dvh,

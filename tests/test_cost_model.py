@@ -157,7 +157,7 @@ def test_the_model_runs_on_one_kernel_and_writes_every_required_key(tmp_path):
     """One real compilation (sm_90), in a process without the interpreter."""
     path = tmp_path / "rows.json"
     command = [sys.executable, "-m", "sttr_fast.kernels.cost_model", "--quick", "--kernel", "spatial_forward",
-               "--jobs", "1", "--json", str(path)]
+               "--backend", "triton", "--jobs", "1", "--json", str(path)]
     result = subprocess.run(command, env=environment_without_interpreter(), capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -213,8 +213,8 @@ NVDISASM = """
 .text._kernel_b:
         /*0000*/                   EXIT ;
 """
-TAGS = {("launch.cu", 35): {"loop": "tiles"}, ("k.cuh", 20): {"loop": "tile_keys"}, ("k.cuh", 55): {"only": "fp16"}}
-# Three tiles of 30 keys for a block of two warps.
+TAGS = {("launch.cu", 35): {"loop": "tiles"}, ("k.cuh", 20): {"loop": "tile_halves"}, ("k.cuh", 55): {"only": "fp16"}}
+# Three tiles of 32 keys (two halves of 16 each) for a block of two warps.
 LAUNCH = {"kernel": "TemporalForward", "threads": 64, "tiles": 3, "key_tile": 32, "copy_batch": 4}
 
 
@@ -235,17 +235,31 @@ def test_cuda_counts_run_each_instruction_once_per_run_of_its_innermost_loop():
     instructions = cuda.parse_nvdisasm(NVDISASM)["_kernel_a"]
     counted = cuda.count(instructions, LAUNCH, {"bf16", "tokens_fastest"}, layer_tokens=90, layer_joints=25,
                          dims={}, tags=TAGS)
-    # LDC and EXIT once; BAR and the tile loop's branch 3 times; MUFU and the key loop's branch 90
-    # times (3 tiles of 30 keys); the float16 conversion not at all; the padding after the end never.
-    assert counted.per_warp == 1 + 1 + 2 * 3 + 2 * 90
-    assert counted.mufu_ex2 == 90 and counted.key_loop == 2 and counted.check == "ok"
-    assert [(l["loop"], l["trips"], l["runs"]) for l in counted.loops] == [("tiles", 3, 3), ("tile_keys", 30, 90)]
+    # LDC and EXIT once; BAR and the tile loop's branch 3 times; MUFU and the inner loop's branch 6
+    # times (3 tiles of 2 halves); the float16 conversion not at all; the padding after the end never.
+    assert counted.per_warp == 1 + 1 + 2 * 3 + 2 * 6
+    assert counted.mufu_ex2 == 6 and counted.key_loop == 4 and counted.check == "ok"
+    assert [(l["loop"], l["trips"], l["runs"]) for l in counted.loops] == [("tiles", 3, 3), ("tile_halves", 2, 6)]
     # For float16 the conversion runs once per tile.
     fp16 = cuda.count(instructions, LAUNCH, {"fp16", "tokens_fastest"}, 90, 25, {}, TAGS)
     assert fp16.per_warp == counted.per_warp + 3
     # A loop whose branch line carries no loop= tag cannot be given trips: the check says so.
     untagged = cuda.count(instructions, LAUNCH, {"bf16"}, 90, 25, {}, {**TAGS, ("k.cuh", 20): {}})
     assert "untagged loop" in untagged.check
+
+
+def test_cuda_counts_leave_out_the_fallback_of_an_exchange_in_a_diverged_warp():
+    """A shuffle's BRA.DIV jumps to out-of-line code that branches back: no loop, never run."""
+    cuda = cost_model.cuda_cost_model
+    at = lambda address, text, target=None: cuda.Instruction(address, text.split()[0].split(".")[0], text,
+                                                             (("k.cuh", 20),), target)
+    code = [at(0x00, "BRA.DIV UR4", 0x40), at(0x10, "SHFL.BFLY R1, R2, 0x1, 0x1f"), at(0x20, "FMNMX R3, R1, R2"),
+            at(0x30, "EXIT"), at(0x40, "WARPSYNC.COLLECTIVE R8"), at(0x50, "SHFL.BFLY R1, R2, 0x1, 0x1f"),
+            at(0x60, "ENDCOLLECTIVE"), at(0x70, "BRA", 0x20), at(0x80, "BRA", 0x80)]
+    kept = cuda.without_divergence_fallbacks(cuda.executed(code))
+    assert [i.address for i in kept] == [0x00, 0x10, 0x20, 0x30]
+    counted = cuda.count(code, LAUNCH, {"bf16"}, 90, 25, {}, TAGS)
+    assert counted.per_warp == 4 and counted.check == "ok"
 
 
 def test_cuda_copy_and_row_loop_trips_follow_the_kernels_thread_mapping():
@@ -273,9 +287,12 @@ def test_the_cuda_launch_geometry_comes_from_the_launcher():
     assert [(l["kernel"], l["block_tokens"], l["threads"], l["exact"]) for l in spatial] == [
         ("SpatialBackward", 2, 64, True)]
     assert spatial[0]["blocks"] == 64 * 150 // 2 * 8
-    # One chunk of 160 threads per (sequence, head) at L = 150, five key tiles; query kernel first.
-    assert [(l["kernel"], l["threads"], l["tiles"], l["blocks"]) for l in temporal] == [
-        ("TemporalBackwardQuery", 160, 5, 64 * 25 * 8), ("TemporalBackwardKey", 160, 5, 64 * 25 * 8)]
+    # One chunk of 160 tokens per (sequence, head) at L = 150, a warp per 16 (320 threads), five
+    # key tiles; query kernel first.
+    assert [(l["kernel"], l["block_tokens"], l["threads"], l["tiles"], l["blocks"]) for l in temporal] == [
+        ("TemporalBackwardQuery", 160, 320, 5, 64 * 25 * 8), ("TemporalBackwardKey", 160, 320, 5, 64 * 25 * 8)]
+    # Each sizes its shared memory: two tile buffers, then ten warps' own rows and exchange areas.
+    assert temporal[0]["shared_bytes"] > 10 * 16 * 24 * 4
 
 
 def test_nvcc_cuda_rows_find_the_key_loops_of_every_kernel():
@@ -293,9 +310,12 @@ def test_nvcc_cuda_rows_find_the_key_loops_of_every_kernel():
                                                        rel=1e-3)
         if r["kernel"] in cost_model.KEY_MASK_KERNELS:
             continue
-        # The per-key loops run once per key for every row: L keys (temporal), 25 joints (spatial).
-        key_loops = [l for l in r["loops"] if l["loop"] in ("tile_keys", "joints")]
-        assert key_loops and all(l["runs"] == (r["tokens"] if r["family"] == "temporal" else 25) for l in key_loops)
+        # The per-key loops: one run per tile of 32 keys (temporal), per joint (spatial, 25).
+        key_loops = [l for l in r["loops"] if l["loop"] in ("tiles", "joints")]
+        assert key_loops and all(l["runs"] == (-(-r["tokens"] // 32) if r["family"] == "temporal" else 25)
+                                 for l in key_loops)
+        if r["family"] == "temporal":  # bf16 products on tensor cores
+            assert r["loop_mix"].get("tensor", 0) >= 4
         assert r["loop_mix"].get("sfu", 0) >= 1 and r["loop_mix"].get("shared", 0) >= 1
         # One exponential per score: MUFU.EX2 lanes per exponential needed, the forward's rescales
         # counted in both.
