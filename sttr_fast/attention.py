@@ -20,6 +20,28 @@ def joint_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
     return bn(x.transpose(2, 3).reshape(n, c * v, t)).view(n, c, v, t)
 
 
+def project_qkv(bn: nn.BatchNorm1d, qkv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The qkv projection of the joint-normalised input, as the attention core takes it:
+    (N', C, T, V) -> (N', 2*dk + dv, T / stride, V).
+
+    Channels-last input in eval mode (fast CPU inference, sttr_fast/inference.py) stays in its
+    layout: the BatchNorm, then a fixed affine map per (channel, joint), is applied in place of
+    the transposes, and the projection runs over (T, V) with its kernel and stride transposed,
+    writing the channels-last (N', C, T, V) output the core reads. Elsewhere the (N', C, V, T)
+    layout of ``joint_batch_norm``, whose transposed projection output has frames unit-stride
+    (what the fused temporal kernels read best)."""
+    if bn.training or not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+        return qkv(joint_batch_norm(bn, x)).transpose(2, 3)
+    n, c, t, v = x.shape
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    # Channels-last memory is a (N'*T, V*C) matrix: one pass with a broadcast row, in (v, c) order.
+    rows = x.permute(0, 2, 3, 1).reshape(n * t, v * c)
+    normalised = torch.addcmul(shift.view(c, v).t().reshape(-1), rows, scale.view(c, v).t().reshape(-1))
+    normalised = normalised.view(n, t, v, c).permute(0, 3, 1, 2)
+    return F.conv2d(normalised, qkv.weight.transpose(2, 3), qkv.bias, stride=qkv.stride[::-1])
+
+
 class ProjectionShortcut(nn.Module):
     """1x1 convolution with temporal stride, BatchNorm, ReLU (the authors' ``down``/``down1``)."""
 
@@ -70,7 +92,7 @@ class SpatialSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, "NCTV", {1: self.in_channels, 3: self.num_joints})
-        qkv = self.qkv(joint_batch_norm(self.input_bn, x)).transpose(2, 3)
+        qkv = project_qkv(self.input_bn, self.qkv, x)
         attended = ops.spatial_attention(qkv, self.num_heads, self.dk, self.dv,
                                          p=self.drop_attention if self.training else 0.0,
                                          backend=self.backend)
@@ -117,7 +139,7 @@ class TemporalSelfAttention(nn.Module):
         if x.shape[2] % self.stride:
             raise ValueError(f"TemporalSelfAttention: T={x.shape[2]} frames must be divisible by "
                              f"stride={self.stride}")
-        qkv = self.qkv(joint_batch_norm(self.input_bn, x)).transpose(2, 3)
+        qkv = project_qkv(self.input_bn, self.qkv, x)
         attended = ops.temporal_attention(qkv, self.num_heads, self.dk, self.dv,
                                           p=self.drop_attention if self.training else 0.0,
                                           backend=self.backend)
