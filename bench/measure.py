@@ -173,6 +173,19 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def cpu_model_and_bf16_flags() -> dict:
+    """The CPU's model name and its native bfloat16 flags (what CPU timings in bf16 depend on)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    def field(name):
+        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(name)), "")
+    flags = sorted(flag for flag in field("flags").split() if "bf16" in flag)
+    return {"cpu_model": field("model name") or None, "cpu_bf16_flags": flags}
+
+
 def environment() -> dict:
     """What a result means nothing without: device, driver, torch, triton, CUDA versions."""
     import platform
@@ -199,4 +212,5 @@ def environment() -> dict:
     else:
         info["device"] = device_name(torch.device("cpu"))
         info["driver"] = None
+        info.update(cpu_model_and_bf16_flags())
     return info

@@ -114,6 +114,9 @@ def describe(result: dict) -> str:
         parts.insert(2, f"driver {env['driver']}")
     if env.get("cuda_runtime"):
         parts.append(f"CUDA {env['cuda_runtime']}")
+    if env.get("cpu_model"):
+        flags = " ".join(env.get("cpu_bf16_flags") or []) or "none"
+        parts.insert(1, f"{env['cpu_model']} (bf16 flags: {flags})")
     return ", ".join(parts)
 
 
