@@ -564,3 +564,56 @@ def test_a_custom_two_joint_graph_trains_from_converted_recordings_through_sttr_
     for p in predictions:
         assert sorted(top["action"] for top in p["top"]) == ["class 0", "class 1"]
         assert sum(top["probability"] for top in p["top"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def _write_recordings(fmt, folder, rng, count):
+    """``count`` small recordings of one person in ``fmt``'s published layout; the conversion
+    options they need (labels, frame size)."""
+    folder.mkdir(parents=True)
+    if fmt == "kinetics":
+        labels = {}
+        for index in range(count):
+            video, _ = _kinetics_video(rng, 8, lambda t: 1)
+            (folder / f"vid{index}.json").write_text(json.dumps(video))
+            labels[f"vid{index}"] = {"has_skeleton": True, "label": "x", "label_index": index % 2}
+        (folder.parent / f"{folder.name}_label.json").write_text(json.dumps(labels))
+        return ["--labels", folder.parent / f"{folder.name}_label.json"]
+    for index in range(count):
+        joints = {"openpose": 25, "mediapipe-pose": 33, "mediapipe-hands": 21}[fmt]
+        person = _walker(rng, 8, joints, (0.3 + 0.1 * index, 0.5), (1 / 64, 0), 0.75)
+        if fmt == "openpose":
+            _openpose_folder(folder / f"rec{index}", [person], lambda t: (0,))
+            continue
+        frames = [[{"x": x, "y": y, "z": 0.0, "visibility": s} for x, y, s in person[t]] for t in range(8)]
+        (folder / f"rec{index}.json").write_text(json.dumps(frames))
+    return ["--label", "1"] + (["--frame-size", WIDTH, HEIGHT] if fmt == "openpose" else [])
+
+
+@pytest.mark.parametrize("fmt,graph", [("kinetics", "openpose-18"), ("openpose", "openpose-25"),
+                                       ("mediapipe-pose", "mediapipe-33"),
+                                       ("mediapipe-hands", "mediapipe-hands-21")])
+def test_every_format_converts_trains_on_its_preset_and_predicts(fmt, graph, tmp_path, capsys):
+    """Each reader's output trains one tiny epoch on the preset sttr convert names (joints+bones,
+    so the preset's edges are used) and the checkpoint predicts the converted array."""
+    rng = np.random.default_rng(31)
+    data = tmp_path / "data"
+    for split, count in (("train", 2), ("val", 2)):
+        options = _write_recordings(fmt, tmp_path / split, rng, count)
+        source = "mediapipe" if fmt.startswith("mediapipe") else fmt
+        assert _convert("--from", source, tmp_path / split, "--out", data, "--split", split,
+                        "--max-frames", "8", *options) == 0
+        assert f"model.graph={graph}" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(DEMO_CONFIG), "--work-dir", str(run), "--epochs", "1",
+                 "--no-progress", f"model.graph={graph}", "model.base_channels=8", "model.num_heads=2",
+                 "model.num_classes=2", "data.format=agcn", "data.modality=joint_bone",
+                 *(f"data.{split}_{kind}={data / f'{split}_{stem}'}" for split in ("train", "val")
+                   for kind, stem in (("data", "data_joint.npy"), ("label", "label.pkl"))),
+                 "data.frames=8", "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0",
+                 "optim.accumulate=1"]) == 0
+    out = tmp_path / "predictions.json"
+    assert main(["predict", "--checkpoint", str(run / "best.pt"), str(data / "val_data_joint.npy"),
+                 "--labels", str(data / "val_label.pkl"), "--precision", "fp32", "--device", "cpu",
+                 "--top-k", "1", "--out", str(out)]) == 0
+    predictions = json.loads(out.read_text())
+    assert len(predictions) == 2 and all(0 < p["top"][0]["probability"] <= 1 for p in predictions)
