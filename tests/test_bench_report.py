@@ -2,6 +2,7 @@
 generated Performance section, and the GPU script's plan. (The benchmarks measure; these tests only
 check that the reports say what the measurements were.)"""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,11 +23,14 @@ GROUP = "spatial core, joints, T=32 4/16 N'=4, fp32, inference [cpu]"
 def benchmark_json(tmp_path_factory):
     """Two rows of one group (the reference and SDPA's math backend), measured for real."""
     path = tmp_path_factory.mktemp("bench") / "run.json"
+    # Not as an xdist worker (README's test command runs two): pytest-benchmark switches itself off
+    # in one, which --benchmark-only refuses.
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_XDIST")}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", str(BENCH / "bench_spatial_attention.py"), "-q",
          "-p", "no:cacheprovider", "-k", "cpu-T32-joints-fp32-infer and (reference or sdpa-math)",
          "--benchmark-only", f"--benchmark-json={path}"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=environment)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 passed" in result.stdout
     return path
