@@ -44,7 +44,7 @@ template <bool EXACT>
 STTR_HD bool live(int c, int dims) { return EXACT || c < dims; }
 
 // Calls ``body(data)`` with the tensor's data pointer typed by its element type: the device build
-// takes float16, bfloat16 and float32 tensors, the host build float32 and float64 (their
+// takes float16, bfloat16 and float32 tensors, the host build float16, float32 and float64 (their
 // launchers admit no other). Loops over elements go inside ``body``, so that the type's switch
 // stays outside them and their loads carry no branches and can be in flight together.
 template <typename Body>
@@ -63,6 +63,8 @@ STTR_HD void with_typed_data(const Strided& x, Body body) {
 #else
   if (x.dtype == Dtype::float64) {
     body(static_cast<double*>(x.data));
+  } else if (x.dtype == Dtype::float16) {
+    body(static_cast<HostHalf*>(x.data));
   } else {
     body(static_cast<float*>(x.data));
   }

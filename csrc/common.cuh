@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include <cmath>
 
@@ -63,6 +64,36 @@ template <typename A>
 STTR_HD A max_acc(A a, A b) { return a > b ? a : b; }
 template <typename A>
 STTR_HD A neg_inf() { return -static_cast<A>(INFINITY); }
+
+// The float16 scaling of the temporal forward (docs/kernels.md §8): for the largest of a row's
+// kept weights ``largest`` (>= 0, finite), ``up`` = 2^(127 - e) and ``down`` = 2^(e - 127), e its
+// biased exponent but at least 1, so that largest·up lies in [1, 2) and both products are exact;
+// largest = 0 (no kept key) or a subnormal gives up = 2^126 and down = 2^-126, both finite, so a
+// scaled weight is never inf and never meets a 0 to make NaN.
+STTR_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return bits;
+#endif
+}
+STTR_HD float bits_float(uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
+  float x;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+#endif
+}
+STTR_HD void power_of_two_scales(float largest, float& up, float& down) {
+  const uint32_t biased = float_bits(largest) >> 23;
+  const uint32_t exponent = biased > 1u ? biased : 1u;
+  up = bits_float((254u - exponent) << 23);
+  down = bits_float(exponent << 23);
+}
 
 // 1 / x. On the device a float division is a fast path plus a slow-path subroutine for the
 // IEEE corner cases, and the call made ptxas spill; __fdividef is within 2 ulp for the
@@ -135,6 +166,13 @@ STTR_HD void materialize_key_mask(const MaskParams& params, int64_t index) {
 // --- tensors and tiles ---------------------------------------------------------------------------
 
 enum class Dtype { float16, bfloat16, float32, float64 };
+
+#if !defined(__CUDACC__)
+// The host build's float16 element (GCC and Clang on x86-64 and AArch64): conversions round to
+// nearest even like __float2half_rn, with float16's range and subnormals, so the host build runs
+// the temporal kernels' float16 branch with the device's rounding of P (docs/kernels.md §11).
+using HostHalf = _Float16;
+#endif
 
 // A (N', C, T, V) tensor: its data, element strides (int64 like every offset) and element type.
 // The type is a field rather than a template parameter: it matters only where elements are

@@ -1,5 +1,6 @@
 // The host build's launcher: the kernels' own per-thread code (csrc/spatial.cuh,
-// csrc/temporal.cuh) on the CPU, for float32 and float64. Each block runs its phases one after
+// csrc/temporal.cuh) on the CPU, for float32 and float64, and float16 with float32 arithmetic (its
+// elements HostHalf, csrc/common.cuh, so that the float16 branch's rounding is tested). Each block runs its phases one after
 // another, each phase for every thread of the block before the next, which is what the device's
 // barriers guarantee. Within a phase the 32 lanes of a warp run as fibers (ucontext), one after
 // another until each reaches the next warp exchange (csrc/warp.cuh: warp_sync, shuffle_xor) or
@@ -122,9 +123,9 @@ double host_shuffle_xor(double value, int lane_mask) { return WarpFibers::shuffl
 
 void launch(Op op, Dtype dtype, Problem problem, void*) {
   HostRunner runner;
-  if (dtype == Dtype::float32) return launch_op<float>(op, problem, runner);
+  if (dtype == Dtype::float32 || dtype == Dtype::float16) return launch_op<float>(op, problem, runner);
   if (dtype == Dtype::float64) return launch_op<double>(op, problem, runner);
-  throw std::invalid_argument("sttr cuda kernels: the host build takes float32 and float64");
+  throw std::invalid_argument("sttr cuda kernels: the host build takes float16, float32 and float64");
 }
 
 void launch_key_mask(const MaskParams& params, void*) {

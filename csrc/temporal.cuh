@@ -376,15 +376,65 @@ struct TemporalForward {
         s[j].x[e] = a * mask[key];
       }
     }
+    if constexpr (kFloat16<E>) {
+      scaled_product(b, s, values, exchange, r);
+    } else {
+#pragma unroll
+      for (int h = 0; h < kKeyTile / 16; ++h) {
+        const FragA<E> weights = fragment_from<E>(s[2 * h], s[2 * h + 1]);
+#pragma unroll
+        for (int c = 0; c < NV / 2; ++c) {
+          FragB<E> value[2];
+          load_b_from_rows(value, values, b.l.PB, 16 * c, 16 * h, lane);
+          mma<16>(r.acc[2 * c], weights, value[0], exchange, lane);
+          mma<16>(r.acc[2 * c + 1], weights, value[1], exchange, lane);
+        }
+      }
+    }
+  }
+
+  // O += P·V for float16 (docs/kernels.md §8): relative to a dropped running maximum the kept
+  // weights m·a can lie below float16's smallest number (from e^-17 on), so each row's weights
+  // of the tile are scaled by the power of two that brings the largest of them (over the quad,
+  // which shares the row) into [1, 2) before the rounding, and the product by the inverse power
+  // after it, both exactly; a row without a kept key in the tile gets 2^126 and 2^-126, finite.
+  // The product of each 8-column block is formed apart from acc, whose scale it must not take.
+  template <typename E>
+  STTR_HD static void scaled_product(const Block& b, FragC<A> (&s)[kKeyTile / 8], const E* values, E* exchange,
+                                     Registers& r) {
+    float up[2], down[2];  // float16 runs with float32 accumulators (A is float)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      A largest = A(0);
+#pragma unroll
+      for (int j = 0; j < kKeyTile / 8; ++j) largest = max_acc(largest, max_acc(s[j].x[2 * half], s[j].x[2 * half + 1]));
+      power_of_two_scales(static_cast<float>(quad_max(largest)), up[half], down[half]);
+    }
+    FragA<E> weights[kKeyTile / 16];
 #pragma unroll
     for (int h = 0; h < kKeyTile / 16; ++h) {
-      const FragA<E> weights = fragment_from<E>(s[2 * h], s[2 * h + 1]);
 #pragma unroll
-      for (int c = 0; c < NV / 2; ++c) {
+      for (int j = 2 * h; j < 2 * h + 2; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j].x[e] *= up[e / 2];
+      }
+      weights[h] = fragment_from<E>(s[2 * h], s[2 * h + 1]);
+    }
+#pragma unroll
+    for (int c = 0; c < NV / 2; ++c) {
+      FragC<A> product[2];
+      zero_fragments(product);
+#pragma unroll
+      for (int h = 0; h < kKeyTile / 16; ++h) {
         FragB<E> value[2];
-        load_b_from_rows(value, values, b.l.PB, 16 * c, 16 * h, lane);
-        mma<16>(r.acc[2 * c], weights, value[0], exchange, lane);
-        mma<16>(r.acc[2 * c + 1], weights, value[1], exchange, lane);
+        load_b_from_rows(value, values, b.l.PB, 16 * c, 16 * h, b.lane);
+        mma<16>(product[0], weights[h], value[0], exchange, b.lane);
+        mma<16>(product[1], weights[h], value[1], exchange, b.lane);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) r.acc[2 * c + i].x[e] += product[i].x[e] * down[e / 2];
       }
     }
   }

@@ -9,7 +9,7 @@
 // one 16-deep product (how a score tile becomes the P of P·V without leaving registers).
 //
 // Float16 and bfloat16 fragments on the device use ldmatrix and mma.sync (fp32 accumulation).
-// Every other element type (float32 on the device; float32 and float64 in the host build) runs
+// Every other element type (float32 on the device; every type in the host build) runs
 // the same functions through their portable bodies: each lane reads the very elements ldmatrix
 // would hand it, by the same row-address formula, and the product is computed lane by lane from
 // the warp's fragments exchanged through shared memory, each lane owning the outputs the mma
@@ -73,6 +73,16 @@ constexpr bool kTensorCore =
     std::is_same_v<E, __half> || std::is_same_v<E, __nv_bfloat16>;
 #else
     false;
+#endif
+
+// Whether E is float16 (__half on the device, HostHalf in the host build): the temporal forward
+// scales its weights before rounding them to E (docs/kernels.md §8).
+template <typename E>
+constexpr bool kFloat16 =
+#if defined(__CUDACC__)
+    std::is_same_v<E, __half>;
+#else
+    std::is_same_v<E, HostHalf>;
 #endif
 
 // Two neighbouring elements of a fragment: one 32-bit register for the 16-bit types.

@@ -191,12 +191,16 @@ def run_library(op, qkv, heads, dkh, dvh, keep, grad_out):
 
 
 @pytest.mark.parametrize("op", ["spatial", "temporal"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float16], ids=str)
 def test_the_statistic_output_and_gradients_where_kept_keys_lie_far_below_a_dropped_one(op, dtype, seed):
     """Λ = max s + log(K + 1e-8·L), the output and the gradients against float64 given one mask:
     per sequence, random scores with every other key dropped; a dropped key 20 above the kept ones
     (acc / (K + 1e-8·L) then differs several-fold from a softmax over the kept keys); one 141
-    above (the kept weights underflow); every key dropped. Nothing may be inf or NaN."""
+    above (the kept weights underflow); every key dropped. Nothing may be inf or NaN. Float16 runs
+    the kernels' float16 branch with float16's rounding (the library called directly; the ops
+    keep the host build to float32 and float64): relative to the dropped key the kept weights
+    (e^-20.5) are below float16's smallest number, so the temporal forward's P·V is right only
+    with its power-of-two scaling (docs/kernels.md §8)."""
     dkh, dvh, heads, tokens = 2, 3, 1, 6
     shape = (1, 2 * dkh + dvh, 4, tokens) if op == "spatial" else (1, 2 * dkh + dvh, tokens, 4)
     generator = torch.Generator().manual_seed(seed)
@@ -233,6 +237,36 @@ def test_the_statistic_output_and_gradients_where_kept_keys_lie_far_below_a_drop
     torch.testing.assert_close(stats.double().view(4, tokens), statistic, rtol=tolerance, atol=tolerance)
     assert relative_error(out, expected.detach()) <= tolerance
     assert relative_error(grad_qkv, exact.grad) <= tolerance
+
+
+def test_float16_kept_weights_far_below_a_dropped_maximum_across_key_tiles(seed):
+    """The temporal float16 branch over two key tiles (frames 0-31, 32-49): frame 40 scores 22.6
+    above the others and is dropped, so the running maximum jumps in the second tile, the first
+    tile's kept weights are rescaled and the second's (e^-22.6, below float16's smallest number)
+    reach P·V only through the power-of-two scaling (docs/kernels.md §8). The output and the
+    gradients against float64 given the mask; a softmax over the kept frames would differ
+    several-fold."""
+    t, v, heads, dkh, dvh = 50, 4, 1, 2, 3
+    generator = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(1, 2 * dkh + dvh, t, v, dtype=torch.float64, generator=generator)
+    qkv[:, :dkh] = 1.0                      # every query the same vector
+    qkv[:, dkh:2 * dkh] = 0.0
+    qkv[:, dkh:2 * dkh, 40] = 16.0          # score 16·2 / sqrt(2) = 22.6
+    qkv = qkv.to(torch.float16)
+    keep = torch.rand(v, heads, t, generator=generator) >= 0.5
+    keep[:, :, 40] = False
+    keep[:, :, 45] = True                   # every sequence keeps a frame in the second tile
+    grad_out = torch.randn(1, heads * dvh, t, v, dtype=torch.float64, generator=generator)
+    out, _, grad_qkv = run_library("temporal", qkv, heads, dkh, dvh, keep, grad_out.to(torch.float16))
+
+    exact, expected = float64_reference("temporal", qkv, heads, heads * dkh, heads * dvh,
+                                        keep.view(1, v, heads, t))
+    expected.backward(grad_out)
+    values = qkv[0, 2 * dkh:].double()
+    plain = torch.stack([values[:, keep[joint, 0], joint].mean(dim=1) for joint in range(v)], dim=-1)
+    assert (expected.detach()[0] / plain[:, None] < 0.4).all(), "the case does not separate the formulas"
+    assert relative_error(out, expected.detach()) <= TOLERANCE[torch.float16]
+    assert relative_error(grad_qkv, exact.grad) <= TOLERANCE[torch.float16]
 
 
 @pytest.mark.parametrize("op", ["spatial", "temporal"])
