@@ -302,6 +302,9 @@ def test_cpu_inference_takes_blocks_that_compute_the_explicit_path_in_qkvs_layou
     assert reference.default_path(torch.device("cpu"), length, masked=False, needs_grad=False) == "blocked"
     assert reference.default_path(torch.device("cpu"), length, masked=False, needs_grad=True) == "explicit"
     assert reference.default_path(torch.device("cpu"), length, masked=True, needs_grad=False) == "explicit"
+    longest = reference.CPU_BLOCKED_MAX_LENGTH
+    assert reference.default_path(torch.device("cpu"), longest - 1, masked=False, needs_grad=False) == "blocked"
+    assert reference.default_path(torch.device("cpu"), longest, masked=False, needs_grad=False) == "explicit"
     monkeypatch.setattr(reference, "CPU_BLOCK_BYTES", 3 * heads * length * length * 4)
     generator = torch.Generator().manual_seed(12)
     n, t, v = (2, 8, length) if kind == "spatial" else (2, length, 8)  # 8 sequences per n': 3 + 3 + 2

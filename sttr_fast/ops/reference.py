@@ -95,8 +95,10 @@ PATHS = ("explicit", "sdpa", "blocked")
 # The CPU's shortcuts (SDPA and blocks); bench/bench_inference.py turns them off to time the
 # authors' explicit path.
 CPU_SHORTCUTS = True
-# Sequences at least this long take SDPA on the CPU, shorter ones blocks.
+# On the CPU without autograd, sequences at least this long take SDPA, those shorter than
+# CPU_BLOCKED_MAX_LENGTH blocks, those between the explicit path.
 CPU_SDPA_MIN_LENGTH = 128
+CPU_BLOCKED_MAX_LENGTH = 64
 # Float32 scores per block of the blocked path: a few MB, so that each block's scores,
 # probabilities and products stay in the core's cache.
 CPU_BLOCK_BYTES = 4 << 20
@@ -107,8 +109,10 @@ def default_path(device: torch.device, length: int, masked: bool, needs_grad: bo
     softmax attention: on CUDA SDPA computes it without materialising the L x L probabilities; on
     the CPU SDPA's flash kernel wins on long sequences (T-TR's L = 150 and 300) and, for short ones
     (L <= 75 and the 25-joint SSA), blocks of sequences with a float32 softmax (torch's bfloat16
-    softmax over rows of 25 is several times slower than its float32 one) win in inference
-    (bench/bench_reference_core.py)."""
+    softmax over rows of 25 is several times slower than its float32 one) win in inference up to
+    CPU_BLOCKED_MAX_LENGTH (the 25-joint SSA: 1.5-3.2x the explicit path in both dtypes and
+    layouts), while at L = 75 blocks lose in bfloat16 (0.7x; 1.2x in float32), so the explicit
+    path keeps those (bench/bench_reference_core.py)."""
     if masked:
         return "explicit"
     if device.type == "cuda":
@@ -119,7 +123,9 @@ def default_path(device: torch.device, length: int, masked: bool, needs_grad: bo
         return "sdpa"
     # The blocks are a Python loop over the batch: torch.compile and torch.export get the
     # explicit path, which they fuse themselves and which keeps the batch size free.
-    return "explicit" if needs_grad or torch.compiler.is_compiling() else "blocked"
+    if needs_grad or length >= CPU_BLOCKED_MAX_LENGTH or torch.compiler.is_compiling():
+        return "explicit"
+    return "blocked"
 
 
 def _attend(q, k, v, key_mask, use_sdpa: bool):
