@@ -24,22 +24,29 @@ PATHS = {"reference": "explicit", "reference-sdpa": "sdpa", "reference-blocked":
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# How qkv reaches the core: "module", the projection's (N', C, V, T) output transposed, frames
+# unit-stride (training, and evaluation without sttr_fast.inference); "channels-last", channels
+# unit-stride, as fast CPU inference (sttr_fast/inference.py) hands it over.
+LAYOUTS = ("module", "channels-last")
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layer", LAYERS, ids=[f"cpu-{layer[0]}".replace(" ", "-") for layer in LAYERS])
-def bench_eval_core(benchmark, layer, dtype, path):
+def bench_eval_core(benchmark, layer, dtype, layout, path):
     name, kind, frames, dkh, dvh = layer
     heads = 8
     dk, dv = heads * dkh, heads * dvh
     qkv = torch.randn(BATCH, 2 * dk + dv, 25, frames, generator=torch.Generator().manual_seed(0))
     qkv = qkv.to(DTYPES[dtype]).transpose(2, 3)
+    if layout == "channels-last":
+        qkv = qkv.contiguous(memory_format=torch.channels_last)
     core = getattr(reference, f"{kind}_attention")
 
     def step(inputs):
         with torch.no_grad():
             return core(inputs, heads, dk, dv, key_mask=None, path=PATHS[path])
 
-    record(benchmark, step, [qkv], torch.device("cpu"), f"reference core eval, {name}, N'={BATCH}, {dtype} [cpu]",
+    record(benchmark, step, [qkv], torch.device("cpu"), f"reference core eval, {name}, N'={BATCH}, {dtype}, {layout} [cpu]",
            path, "core", rounds=5)

@@ -10,8 +10,11 @@ attention cores on a GPU, the speed-of-light bound and the cost model's predicti
   ``torch.cuda.max_memory_allocated`` above what was allocated before the call.
 - CPU: pytest-benchmark's own rounds (median), one warm-up round outside them. Peak memory is the
   process's resident set sampled every millisecond during one call, above its level before the call:
-  freed tensors return to the system (glibc gives large blocks back), so this follows the live tensors
-  closely, but it is a sample, not an allocator count.
+  during that call glibc gives every freed block of 128 KiB or more back to the system, so this
+  follows the live tensors closely, but it is a sample, not an allocator count. The timed rounds
+  run with glibc's thresholds where its own defaults settle in a long-running program (freed
+  tensors up to 32 MiB reused from its heap), not with the measurement's, which would make every
+  large allocation fault its pages in again.
 
 Rows print as they finish when pytest runs with ``-s`` (the GPU script relies on it).
 """
@@ -78,17 +81,33 @@ def cuda_median_ms(step, inputs: list) -> float:
     return triton.testing.do_bench(lambda: step(next(cycle)), warmup=25, rep=100, return_mode="median")
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's options (malloc.h)
+
+
 @functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def _return_freed_memory() -> None:
     """Make glibc serve every block of 128 KiB or more by mmap and unmap it when freed, so that the
     resident set falls when tensors are freed (by default glibc raises that threshold after the
     first large free and then keeps freed tensors in its heap, which hides every later peak)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, 128 * 1024)
+    if _libc() is not None:
+        _libc().mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+        _libc().malloc_trim(0)  # and give back what the timed rounds left in the heap
+
+
+def _keep_freed_memory() -> None:
+    """Back to where glibc's own thresholds settle once large tensors have been freed: blocks under
+    32 MiB (its dynamic ceiling on 64-bit) from the heap, the heap trimmed above twice that, so
+    timed calls reuse freed memory as a long-running program's do."""
+    if _libc() is not None:
+        _libc().mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+        _libc().mallopt(_M_TRIM_THRESHOLD, 64 * 2**20)
 
 
 def _resident_bytes() -> int:
@@ -123,7 +142,9 @@ def peak_bytes(step, inputs, device: torch.device) -> int:
     finally:
         done.set()
         sampler.join()
-    return max(0, max(peak[0], _resident_bytes()) - before)
+        peak[0] = max(peak[0], _resident_bytes())
+        _keep_freed_memory()
+    return max(0, peak[0] - before)
 
 
 def record(benchmark, step, inputs: list, device: torch.device, group: str, implementation: str,

@@ -9,7 +9,8 @@ README's Performance section from the kept results.
     python bench/report.py --readme README.md --check           # exit 1 if it is out of date
 
 Each group (one problem: op or model, shape, precision, mode, device) becomes a table: per
-implementation its median time, the speed-up over the reference backend (``12.3×``), the peak memory
+implementation its median time, the speed-up over the reference backend (``12.3×``; ``3.4× paired``
+where the row timed itself back to back with the reference, bench/bench_inference.py), the peak memory
 and its ratio to the reference's, and, for attention cores timed on a GPU, the fraction of the
 speed-of-light bound achieved and the cost model's predicted fraction (bench/attention_peers.py).
 """
@@ -58,7 +59,8 @@ def load(path: Path) -> dict:
                      "median_ms": median, "peak_bytes": info.get("peak_bytes"),
                      "fraction_of_bound": info.get("fraction_of_bound"),
                      "bound_ms": info.get("bound_ms"),
-                     "predicted_fraction": info.get("predicted_fraction")})
+                     "predicted_fraction": info.get("predicted_fraction"),
+                     "paired_speed_up": info.get("paired_speed_up")})
     return {"path": path, "datetime": data.get("datetime", ""), "environment": environment, "rows": rows}
 
 
@@ -79,6 +81,10 @@ def _reference(rows: list[dict]) -> dict | None:
 
 
 def speedup(row: dict, reference: dict | None) -> str:
+    """Over the reference row; rows that timed themselves in pairs with the reference
+    (bench/bench_inference.py on the CPU) give that paired figure, marked "paired"."""
+    if row.get("paired_speed_up") is not None:
+        return f"{row['paired_speed_up']:.1f}× paired"
     if reference is None:
         return "–"
     return f"{reference['median_ms'] / row['median_ms']:.1f}×"
