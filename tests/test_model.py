@@ -147,3 +147,23 @@ def test_training_step_updates_every_parameter():
 def test_state_dict_has_no_graph_buffers():
     keys = STTR(base_channels=16).state_dict().keys()
     assert not [k for k in keys if k.endswith("adjacency")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_dropout_is_nn_dropouts_function(dtype):
+    """The CPU's dropout (sttr_fast.model.Dropout): each element kept with probability 1 - p and
+    scaled by exactly 1 / (1 - p), the others zero, the gradient through the same mask, a seed
+    repeats the mask, and eval mode is the identity."""
+    dropout = sttr_fast.model.Dropout(0.3)
+    x = (torch.rand(1000, 1000, generator=torch.Generator().manual_seed(2)) + 1).to(dtype).requires_grad_(True)
+    torch.manual_seed(7)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005   # 1e6 draws: the standard error is 5e-4
+    expected = x.detach() * torch.tensor(1 / 0.7, dtype=dtype)
+    assert torch.equal(y.detach()[kept], expected[kept])
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.where(kept, torch.tensor(1 / 0.7, dtype=dtype), torch.tensor(0, dtype=dtype)))
+    torch.manual_seed(7)
+    assert torch.equal(dropout(x).detach(), y.detach())
+    assert dropout.eval()(x) is x
