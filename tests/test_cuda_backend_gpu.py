@@ -11,7 +11,8 @@ import torch
 
 from sttr_fast import ops
 from sttr_fast.ops import cuda_backend, custom_ops
-from triton_harness import DEVICE, assert_matches_reference, needs_gpu, random_qkv, relative_error
+from triton_harness import (DEVICE, assert_matches_reference, key_mask_shape, needs_gpu, poison_buffers,
+                            random_qkv, relative_error)
 
 pytestmark = needs_gpu
 
@@ -32,14 +33,7 @@ REAL_LAYERS = {"spatial": [(300, 4, 16), (150, 8, 32), (75, 8, 32)],
 
 @pytest.fixture(autouse=True)
 def nan_poisoned_buffers(monkeypatch):
-    def allocate(shape, dtype, device):
-        return torch.empty(shape, dtype=dtype, device=device).fill_(float("nan"))
-    monkeypatch.setattr(cuda_backend, "_allocate", allocate)
-
-
-def key_mask_shape(op, qkv, heads):
-    n, _, t, v = qkv.shape
-    return (n, t, heads, v) if op == "spatial" else (n, v, heads, t)
+    poison_buffers(monkeypatch, cuda_backend)
 
 
 def check_cuda_against_reference(op, shape, dtype, p, seed):

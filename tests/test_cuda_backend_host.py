@@ -9,6 +9,7 @@ Every buffer starts as NaN, shared memory and registers start every emulated blo
 errors are norm-relative to a float64 reference given the kernels' own DropAttention mask
 (tests/triton_harness.py: float64 at 1e-12, float32 against the reference's own rounding).
 """
+import functools
 import json
 import subprocess
 import sys
@@ -18,9 +19,10 @@ import torch
 
 from sttr_fast import SpatialSelfAttention, TemporalSelfAttention, ops
 from sttr_fast.ops import cuda_backend, custom_ops
-from triton_harness import (TOLERANCE, assert_all_gradients_close, assert_matches_reference,
-                            environment_without_interpreter, float64_reference, relative_error,
-                            without_compile_caches)
+from triton_harness import (TOLERANCE, assert_all_gradients_close, assert_compiled_unit_matches_eager,
+                            assert_matches_reference, environment_without_interpreter, float64_reference,
+                            key_mask_shape, poison_buffers, relative_error, without_compile_caches)
+from triton_harness import random_qkv as harness_random_qkv
 
 CPU = torch.device("cpu")
 DTYPES = [torch.float64, torch.float32]
@@ -57,22 +59,11 @@ def host_build(monkeypatch):
     reason = cuda_backend.unavailable_reason(device=False)
     assert reason is None, reason
 
-    def allocate(shape, dtype, device):
-        return torch.empty(shape, dtype=dtype, device=device).fill_(float("nan"))
-    monkeypatch.setattr(cuda_backend, "_allocate", allocate)
+    poison_buffers(monkeypatch, cuda_backend)
 
 
-def random_qkv(shape, dtype, seed, memory_format=torch.contiguous_format):
-    n, t, v, heads, dkh, dvh = shape
-    generator = torch.Generator().manual_seed(seed)
-    qkv = torch.randn(n, 2 * heads * dkh + heads * dvh, t, v, dtype=torch.float64, generator=generator) * 1.5
-    qkv = qkv.to(dtype).contiguous(memory_format=memory_format).requires_grad_(True)
-    return qkv, heads, heads * dkh, heads * dvh
-
-
-def key_mask_shape(op, qkv, heads):
-    n, _, t, v = qkv.shape
-    return (n, t, heads, v) if op == "spatial" else (n, v, heads, t)
+# The host build takes CPU tensors, whatever device the machine has.
+random_qkv = functools.partial(harness_random_qkv, device=CPU)
 
 
 def run_cuda(op, qkv, heads, dk, dv, p, seed):
@@ -304,18 +295,7 @@ def test_torch_compile_traces_the_unit_without_graph_breaks(seed):
     unit = SpatialSelfAttention(16, 32, num_heads=4, drop_attention=0.5, backend="cuda")
     compiled = torch.compile(unit, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 16, 5, 25, generator=torch.Generator().manual_seed(seed))
-    for mode in ("eval", "train"):
-        unit.train(mode == "train")
-        results = []
-        for module in (compiled, unit):
-            xi = x.clone().requires_grad_(True)
-            torch.manual_seed(seed)
-            out = module(xi)
-            out.square().sum().backward()
-            results.append((out.detach(), xi.grad))
-        for compiled_value, eager_value in zip(*results):
-            assert relative_error(compiled_value, eager_value) <= 1e-5, mode
-    torch._dynamo.reset()
+    assert_compiled_unit_matches_eager(unit, compiled, x, seed)
 
 
 @pytest.mark.parametrize("call,message", [

@@ -20,7 +20,8 @@ from sttr_fast.kernels import spatial_attention as spatial_kernels  # noqa: E402
 from sttr_fast.kernels.dropattention_rng import keep_keys, load_rng_state, materialize_key_mask  # noqa: E402
 from sttr_fast.ops.custom_ops import new_rng_state  # noqa: E402
 from triton_harness import (CUDA, DEVICE, DTYPES, MODULE_DTYPE, TOLERANCE,  # noqa: E402
-                            assert_all_gradients_close, assert_matches_reference, check_core_against_reference,
+                            assert_all_gradients_close, assert_compiled_unit_matches_eager,
+                            assert_matches_reference, check_core_against_reference,
                             compare_under_autocast, compare_units, environment_without_interpreter,
                             float64_reference, nan_poisoned_buffers, needs_gpu, random_qkv,
                             relative_error, without_compile_caches)
@@ -268,19 +269,8 @@ def test_torch_compile_traces_the_unit_without_graph_breaks(compiler, seed):
     fused, _ = ssa_pair(torch.float32, 0.5, seed)
     compiled = torch.compile(fused, fullgraph=True, backend=compiler)
     x = torch.randn(2, 16, 5, 25, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(seed))
-    modes = ["eval", "train"] if compiler == "aot_eager" else ["eval"]
-    for mode in modes:
-        fused.train(mode == "train")
-        results = []
-        for module in (compiled, fused):
-            xi = x.clone().requires_grad_(True)
-            torch.manual_seed(seed)
-            out = module(xi)
-            out.square().sum().backward()
-            results.append((out.detach(), xi.grad))
-        for compiled_value, eager_value in zip(*results):
-            assert relative_error(compiled_value, eager_value) <= 1e-5, mode
-    torch._dynamo.reset()
+    assert_compiled_unit_matches_eager(fused, compiled, x, seed,
+                                       ("eval", "train") if compiler == "aot_eager" else ("eval",))
 
 
 def test_autocast_passes_its_dtype_through(seed):

@@ -42,21 +42,26 @@ OPS = {"spatial": ops.spatial_attention, "temporal": ops.temporal_attention}
 REFERENCE_CORES = {"spatial": reference.spatial_attention, "temporal": reference.temporal_attention}
 
 
-@pytest.fixture
-def nan_poisoned_buffers(monkeypatch):
-    """Every output, statistics, scratch and gradient buffer starts as NaN, so an element a kernel
-    fails to write fails the finiteness checks."""
+def poison_buffers(monkeypatch, backend) -> None:
+    """Every output, statistics, scratch and gradient buffer the fused ``backend`` module
+    (triton_backend, cuda_backend) allocates starts as NaN, so an element a kernel fails to write
+    fails the finiteness checks."""
     def allocate(shape, dtype, device):
         return torch.empty(shape, dtype=dtype, device=device).fill_(float("nan"))
-    monkeypatch.setattr(triton_backend, "_allocate", allocate)
+    monkeypatch.setattr(backend, "_allocate", allocate)
 
 
-def random_qkv(shape, dtype, seed, memory_format=torch.contiguous_format):
+@pytest.fixture
+def nan_poisoned_buffers(monkeypatch):
+    poison_buffers(monkeypatch, triton_backend)
+
+
+def random_qkv(shape, dtype, seed, memory_format=torch.contiguous_format, device=DEVICE):
     """qkv of ``shape`` = (N', T, V, heads, dk per head, dv per head), values of scale 1.5 so that
     softmax rows range from flat to peaked; returns it with heads, dk and dv."""
     n, t, v, heads, dkh, dvh = shape
-    generator = torch.Generator(DEVICE).manual_seed(seed)
-    qkv = torch.randn(n, 2 * heads * dkh + heads * dvh, t, v, dtype=torch.float64, device=DEVICE,
+    generator = torch.Generator(device).manual_seed(seed)
+    qkv = torch.randn(n, 2 * heads * dkh + heads * dvh, t, v, dtype=torch.float64, device=device,
                       generator=generator) * 1.5
     qkv = qkv.to(dtype).contiguous(memory_format=memory_format).requires_grad_(True)
     return qkv, heads, heads * dkh, heads * dvh
@@ -191,6 +196,23 @@ def compare_under_autocast(op, fused, plain, x, heads):
         results.append((out.float(), xi.grad))
     for fused_value, plain_value in zip(*results):
         assert relative_error(fused_value, plain_value) <= 2e-2
+
+
+def assert_compiled_unit_matches_eager(unit, compiled, x, seed, modes=("eval", "train")) -> None:
+    """The compiled unit equals the eager one, output and input gradient, in each mode; in
+    training both draw DropAttention's seed from the same generator state."""
+    for mode in modes:
+        unit.train(mode == "train")
+        results = []
+        for module in (compiled, unit):
+            xi = x.clone().requires_grad_(True)
+            torch.manual_seed(seed)
+            out = module(xi)
+            out.square().sum().backward()
+            results.append((out.detach(), xi.grad))
+        for compiled_value, eager_value in zip(*results):
+            assert relative_error(compiled_value, eager_value) <= 1e-5, mode
+    torch._dynamo.reset()
 
 
 def environment_without_interpreter() -> dict:
