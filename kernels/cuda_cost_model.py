@@ -16,7 +16,9 @@ How often an instruction runs comes from the SASS's loops and from comments in t
 * ``// cost-model: only=CONDITION`` on a call marks code that runs only for one element type
   (``bf16``, ``fp32``, ``fp16``: the type switch of ``with_typed_data``) or one layout
   (``tokens_fastest``, ``channels_fastest``); instructions inlined through such a call for another
-  condition are not counted;
+  condition are not counted. The element type of an instruction is that of the typed code its
+  control flow belongs to (``element_types``), because nvcc's line table gives some of it the
+  inline chain of another type's call;
 * ``// cost-model: dims=dk|dv`` on a copy's call site says how many channels it copies.
 
 An untagged loop, or two loops of the same source chain (an unrolled copy), makes ``loop_check``
@@ -50,6 +52,8 @@ KERNELS = {"spatial_forward": ("spatial_forward", "SpatialForward"),
            "temporal_key_mask": ("key_mask", "key_mask")}
 # The loops that run per key (or per key tile): their instructions are a row's ``key loop``.
 KEY_LOOPS = ("tiles", "tile_halves", "fragment_depth", "joints")
+# The file of the __global__ functions, into which every kernel's code is inlined.
+LAUNCHER = "cuda_launch.cu"
 # The conditions a launch can meet, for ``only=`` tags.
 DTYPE_CONDITIONS = {"fp16", "bf16", "fp32"}
 
@@ -189,6 +193,7 @@ class Instruction:
     text: str                         # without the predicate
     chain: tuple[tuple[str, int], ...]  # (file name, line), innermost first, then each call site
     target: int | None                # a branch's target address
+    predicated: bool = False          # guarded by a predicate (a conditional branch, exit)
 
     @property
     def backward(self) -> bool:
@@ -217,8 +222,8 @@ def parse_nvdisasm(text: str, functions: set[str] | None = None) -> dict[str, li
 
     def finish():
         if name is not None and (functions is None or name in functions):
-            parsed[name] = [Instruction(a, op, t, c, labels.get(label) if label else None)
-                            for a, op, t, c, label in rows]
+            parsed[name] = [Instruction(a, op, t, c, labels.get(label) if label else None, guarded)
+                            for a, op, t, c, label, guarded in rows]
 
     for line in text.splitlines():
         section = _SECTION.match(line)
@@ -248,10 +253,11 @@ def parse_nvdisasm(text: str, functions: set[str] | None = None) -> dict[str, li
             for waiting in pending:
                 labels[waiting] = address
             pending = []
-            body = _PREDICATE.sub("", instruction.group(2).strip())
+            text = instruction.group(2).strip()
+            body = _PREDICATE.sub("", text)
             opcode = body.split()[0].split(".")[0] if body else ""
             branch = _BRANCH_LABEL.search(body)
-            rows.append((address, opcode, body, chain, branch.group(1) if branch else None))
+            rows.append((address, opcode, body, chain, branch.group(1) if branch else None, body != text))
     finish()
     return parsed
 
@@ -284,6 +290,52 @@ class Loop:
 
 def _only(chain, tags) -> set[str]:
     return {tags[loc]["only"] for loc in chain if loc in tags and "only" in tags[loc]}
+
+
+def _successors(instructions: list[Instruction]) -> dict[int, list[int]]:
+    """The control-flow successors of each instruction: the next one unless it is an unguarded
+    branch or exit, and a branch's target. An indirect branch's targets are unknown (none)."""
+    following = {a.address: b.address for a, b in zip(instructions, instructions[1:])}
+    found = {}
+    for i in instructions:
+        ends = i.opcode in ("EXIT", "RET", "BRX", "JMX") or (i.opcode == "BRA" and not i.text.startswith("BRA.DIV"))
+        found[i.address] = ([following[i.address]] if i.address in following and (i.predicated or not ends) else []) + (
+            [i.target] if i.opcode == "BRA" and i.target is not None else [])
+    return found
+
+
+def element_types(instructions: list[Instruction], tags) -> dict[int, set[str]]:
+    """Which element types (``only=`` bf16, fp16, fp32 on with_typed_data's calls) run each
+    instruction of the typed code, by control flow rather than by its own inline chain: nvcc's
+    line table gives some code inlined through one call of the type switch the chain of another
+    (in the temporal kernels, the 16-bit tile copies say they were inlined through the float32
+    call, and some carry no inline chain at all). Untyped code is what the kernel function itself
+    runs: instructions whose chain leads out to the launcher's file through no typed call. A
+    type's code is what its entries (instructions tagged with it that untyped code, the switch,
+    branches to or falls into) reach without passing through untyped code; an instruction that no
+    entry reaches keeps its chain's type (none: it runs for every type)."""
+    typed = {i.address: _only(i.chain, tags) & DTYPE_CONDITIONS for i in instructions}
+    untyped = {i.address for i in instructions
+               if not typed[i.address] and i.chain and i.chain[-1][0] == LAUNCHER}
+    successors = _successors(instructions)
+    predecessors: dict[int, list[int]] = {i.address: [] for i in instructions}
+    for source, targets in successors.items():
+        for target in targets:
+            if target in predecessors:
+                predecessors[target].append(source)
+    reached: dict[int, set[str]] = {a: set() for a in typed if a not in untyped}
+    for kind in DTYPE_CONDITIONS:
+        stack = [a for a, kinds in typed.items() if kind in kinds and
+                 (not predecessors[a] or any(source in untyped for source in predecessors[a]))]
+        seen = set(stack)
+        while stack:
+            address = stack.pop()
+            reached[address].add(kind)
+            for target in successors[address]:
+                if target in reached and target not in seen:
+                    seen.add(target)
+                    stack.append(target)
+    return {a: kinds or typed[a] for a, kinds in reached.items()}
 
 
 def _innermost(chain, tags, key: str) -> str | None:
@@ -380,8 +432,16 @@ def count(instructions: list[Instruction], launch: dict, conditions: set[str], l
     """How many instructions a warp runs: each counted instruction once per run of its innermost
     loop. Instructions inlined through an ``only=`` call whose condition does not hold are left out."""
     from .cost_model import instruction_class  # noqa: PLC0415 (cost_model imports this module)
-    code = [i for i in without_divergence_fallbacks(executed(instructions)) if _only(i.chain, tags) <= conditions]
-    loops = [l for l in find_loops(code, tags) if _only(l.chain, tags) <= conditions]
+    kept = without_divergence_fallbacks(executed(instructions))
+    types = element_types(kept, tags)
+
+    def runs_here(instruction: Instruction) -> bool:
+        kinds = types.get(instruction.address)
+        return (_only(instruction.chain, tags) - DTYPE_CONDITIONS <= conditions
+                and (not kinds or bool(kinds & conditions)))
+
+    code = [i for i in kept if runs_here(i)]
+    loops = find_loops(code, tags)
     totals: dict[int, float] = {}
     problems = []
     for loop in loops:  # outermost first, so a parent's total is known

@@ -69,3 +69,31 @@ def test_nvcc_kernels_neither_spill_nor_use_local_memory(ptxas_reports, arch):
             problems.append(f"{instantiation(name) or name}: {registers} registers, stack {stack}, spill "
                             f"stores {stores}, loads {loads}")
     assert not problems, "\n".join(problems)
+
+
+def test_cuda_rows_type_code_by_control_flow_not_by_its_inline_chain():
+    """nvcc's line table can give code of one element type's branch of with_typed_data the inline
+    chain of another (the 16-bit tile copies said they came through the float32 call): the cost
+    model assigns typed code to the type whose entry reaches it (kernels/cuda_cost_model.py,
+    element_types). No nvcc needed."""
+    at = lambda address, text, chain, target=None, predicated=False: cuda_cost_model.Instruction(
+        address, text.split()[0].split(".")[0], text, chain, target, predicated)
+    launcher = (("cuda_launch.cu", 30),)
+    bf16, fp32 = (("k.cuh", 10), ("k.cuh", 58), ("cuda_launch.cu", 40)), (("k.cuh", 10), ("k.cuh", 61),
+                                                                           ("cuda_launch.cu", 40))
+    tags = {("k.cuh", 58): {"only": "bf16"}, ("k.cuh", 61): {"only": "fp32"}}
+    code = [at(0x00, "ISETP.NE.AND P0, PT, R0, RZ, PT", launcher),
+            at(0x10, "BRA", launcher, 0x50, predicated=True),  # the type switch
+            at(0x20, "MOV R1, R2", bf16),
+            at(0x30, "LDG.E.U16 R3, desc[UR4][R4.64]", fp32),  # bfloat16 code with float32's chain
+            at(0x40, "BRA", bf16, 0x70),
+            at(0x50, "LDG.E R3, desc[UR4][R4.64]", fp32),
+            at(0x60, "FADD R3, R3, R3", (("k.cuh", 12),)),  # no inline chain: typed by its entry
+            at(0x70, "EXIT", launcher)]
+    types = cuda_cost_model.element_types(code, tags)
+    assert types[0x30] == {"bf16"} and types[0x50] == {"fp32"} and types[0x60] == {"fp32"}
+    assert 0x00 not in types and 0x70 not in types
+    launch = {"kernel": "TemporalForward", "threads": 32, "tiles": 1, "key_tile": 32, "copy_batch": 4}
+    counted = {kind: cuda_cost_model.count(code, launch, {kind, "tokens_fastest"}, 32, 25, {}, tags).per_warp
+               for kind in ("bf16", "fp32")}
+    assert counted == {"bf16": 6, "fp32": 5}
