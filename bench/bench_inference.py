@@ -13,14 +13,12 @@ same machine; bench/report.py shows that speed-up for these rows.
 
     python -m pytest bench/bench_inference.py --benchmark-only --benchmark-json out.json
 """
-import statistics
-import time
 from unittest.mock import patch
 
 import pytest
 import torch
 
-from measure import backend_unavailable, record
+from measure import backend_unavailable, paired_speed_up, record
 from modules import COMPILE
 from sttr_fast import STTR
 from sttr_fast.inference import InferenceModel
@@ -66,16 +64,3 @@ def bench_inference(benchmark, case):
     record(benchmark, step, [x], target, group, "reference" if options is None else variant, "inference",
            rounds=5, model=name, **paired)
 
-
-def paired_speed_up(baseline, candidate, x, pairs: int = 5) -> float:
-    """Median over ``pairs`` of baseline time / candidate time, the two run back to back (after
-    one warm-up call each)."""
-    baseline(x), candidate(x)
-    ratios = []
-    for _ in range(pairs):
-        start = time.perf_counter()
-        baseline(x)
-        middle = time.perf_counter()
-        candidate(x)
-        ratios.append((middle - start) / (time.perf_counter() - middle))
-    return statistics.median(ratios)

@@ -24,6 +24,7 @@ import ctypes
 import functools
 import itertools
 import os
+import statistics
 import sys
 import threading
 import time
@@ -179,6 +180,21 @@ def record(benchmark, step, inputs: list, device: torch.device, group: str, impl
     benchmark.extra_info.update(info)
     print_row(group, implementation, median, memory, info.get("fraction_of_bound"))
     return info
+
+
+def paired_speed_up(baseline, candidate, x, pairs: int = 5) -> float:
+    """Median over ``pairs`` of baseline time / candidate time, the two run back to back (after
+    one warm-up call each): a shared machine's speed drifts between rows measured a minute apart
+    (runs here saw one row vary by 2x); a pair sees the same machine. CPU only (no synchronise)."""
+    baseline(x), candidate(x)
+    ratios = []
+    for _ in range(pairs):
+        start = time.perf_counter()
+        baseline(x)
+        middle = time.perf_counter()
+        candidate(x)
+        ratios.append((middle - start) / (time.perf_counter() - middle))
+    return statistics.median(ratios)
 
 
 def print_row(group: str, implementation: str, median: float, memory: int, fraction) -> None:

@@ -40,10 +40,11 @@ class GraphConvolution(nn.Module):
 
     def _channels_last_mix(self, x: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
         """sum_k (W_k x) A_k, the same linear map in the other order, for channels-last input
-        (fast inference on the CPU): the convolution's channels-last output is, per (n, t), a
+        (the CPU): the convolution's channels-last output is, per (n, t), a
         (V, K*C) row-major matrix, i.e. a (V*K, C) one, so one batched product with the (W, V*K)
         matrix [A_k]_{v,w} mixes the joints and sums the subsets without a copy, and writes the
-        result channels-last again."""
+        result channels-last again. Taken in CPU training too (sttr_fast/train/engine.py
+        place_model)."""
         k, v, _ = subsets.shape
         weight = torch.cat([conv.weight for conv in self.convs], dim=0)  # (K*C_out, C_in, 1, 1)
         projected = F.conv2d(x, weight)  # (N, K*C_out, T, V), memory (N, T, V, K, C_out)
@@ -63,7 +64,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        keep = torch.rand(x.shape, device=x.device) >= self.p
+        keep = torch.rand_like(x, dtype=torch.float32) >= self.p  # in x's memory layout
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
@@ -189,14 +190,28 @@ class STTR(nn.Module):
                 nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
                 nn.init.zeros_(module.bias)
 
+    def activation_layout(self) -> torch.memory_format:
+        """``torch.channels_last`` once the weights are (``model.to(memory_format=...)``), else
+        ``torch.contiguous_format``; read from the stem's (9, 1) temporal kernel, whose two
+        layouts differ (a 1x1 kernel is both)."""
+        weight = self.stem.temporal.conv.weight
+        channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        return torch.channels_last if channels_last else torch.contiguous_format
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, "NCTVM", {1: self.in_channels, 3: self.num_point, 4: self.num_person})
         n, c, t, v, m = x.shape
         if t % 4:
             raise ValueError(f"STTR: T={t} frames must be divisible by 4 (two stride-2 units)")
         features = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t))
+        # Channels-last weights (CPU training and fast inference) get channels-last activations
+        # from the first unit to the last, so that oneDNN's convolutions neither reorder their
+        # inputs nor their outputs; both halves of the concatenation before unit 3 must be
+        # channels-last for its result to be.
+        layout = self.activation_layout()
         h = features.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)
-        original = x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v)
+        h = h.contiguous(memory_format=layout)
+        original = x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v).contiguous(memory_format=layout)
         h = self.stem(h)
         for index, unit in enumerate(self.units):
             if index == 3:

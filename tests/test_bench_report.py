@@ -72,6 +72,25 @@ def test_saved_results_feed_the_readme_section(benchmark_json, tmp_path, monkeyp
                      r"[0-9.]+ ms \([0-9.]+×\) \|", section)
 
 
+def test_training_rows_compare_with_float32_and_show_the_paired_speed_up(tmp_path):
+    """bench/bench_training.py's groups have no reference-backend row: their baseline is the
+    float32 step, and the bf16 row's speed-up is the one it timed in pairs with it."""
+    group = "S-TR, joints, N=4 T=300, training step [cpu]"
+    rows = [("fp32", 3000.0, {}), ("bf16 autocast", 2000.0, {"paired_speed_up": 1.84})]
+    run = {"datetime": "2026-11-28T12:00:00", "machine_info": {"sttr_environment": {"device": "CPU, 2 cores"}},
+           "benchmarks": [{"group": group, "name": name, "stats": {},
+                           "extra_info": {"suite": "training", "implementation": name, "median_ms": median,
+                                          "peak_bytes": 2**30, **extra}} for name, median, extra in rows]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    text = report.markdown([report.load(path)])
+    assert "## CPU training" in text
+    assert "| fp32 | 3000.000 ms | 1.0× |" in text and "| bf16 autocast | 2000.000 ms | 1.8× paired |" in text
+    pivot = "\n".join(report._pivot(report.load(path)["rows"]))
+    assert "speed-up over `fp32`" in pivot
+    assert "| S-TR, joints, N=4 T=300, training step | 3 s | 2 s (1.8× paired) |" in pivot
+
+
 def test_readme_performance_section_is_generated_from_the_kept_results():
     assert report.main(["--readme", str(ROOT / "README.md"), "--check"]) == 0
 

@@ -1,5 +1,7 @@
 """The reference ST-TR network against docs/network.md: shapes, parameter counts, the literal
 forward."""
+import copy
+
 import pytest
 import torch
 
@@ -99,6 +101,38 @@ def test_channels_last_weights_compute_the_same_network(stream):
     assert layouts.count(True) >= 3, layouts
 
 
+@pytest.mark.parametrize("stream", ["spatial", "temporal"])
+def test_channels_last_training_step_is_the_same_step(stream):
+    """CPU training runs channels-last (sttr_fast/train/engine.py place_model): every unit then
+    gets channels-last activations, the concatenation before unit 3 included, and the training
+    step — output, running statistics, every gradient, DropAttention's masks drawn from one
+    seed — is the NCHW model's (float64)."""
+    generator = torch.Generator().manual_seed(5)
+    nchw = STTR(num_classes=5, stream=stream, base_channels=16, dropout=0.0).double().train()
+    with torch.no_grad():
+        randomise_buffers_and_affine(nchw, generator)
+    channels_last = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    assert channels_last.activation_layout() == torch.channels_last
+    assert nchw.activation_layout() == torch.contiguous_format
+    unit_inputs = []
+    for unit in channels_last.units:
+        unit.register_forward_pre_hook(lambda _, inputs: unit_inputs.append(
+            inputs[0].is_contiguous(memory_format=torch.channels_last) and not inputs[0].is_contiguous()))
+    x = torch.randn(2, 3, 12, 25, 2, generator=generator, dtype=torch.float64)
+    outputs = []
+    for model in (nchw, channels_last):
+        torch.manual_seed(11)
+        out = model(x)
+        (out * torch.arange(5, dtype=torch.float64)).sum().backward()
+        outputs.append(out)
+    assert unit_inputs == [True] * len(channels_last.units)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-10, atol=1e-10)
+    for (name, a), b in zip(nchw.named_parameters(), channels_last.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-10, msg=name)
+    for (name, a), b in zip(nchw.named_buffers(), channels_last.buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10, msg=name)
+
+
 def test_custom_graph_and_joint_count():
     graph = Graph(5, ((1, 0), (2, 1), (3, 1), (4, 0)))
     model = STTR(num_classes=4, stream="spatial", num_point=5, num_person=1, base_channels=16,
@@ -166,4 +200,6 @@ def test_cpu_dropout_is_nn_dropouts_function(dtype):
     assert torch.equal(x.grad, torch.where(kept, torch.tensor(1 / 0.7, dtype=dtype), torch.tensor(0, dtype=dtype)))
     torch.manual_seed(7)
     assert torch.equal(dropout(x).detach(), y.detach())
+    channels_last = x.detach()[None, None].expand(2, 3, 1000, 1000).contiguous(memory_format=torch.channels_last)
+    assert dropout(channels_last).is_contiguous(memory_format=torch.channels_last)  # no layout change
     assert dropout.eval()(x) is x
