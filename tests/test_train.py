@@ -209,7 +209,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     for split, count in (("train", 16), ("val", 8)):
         write_agcn(good, split, rng.normal(size=(count, 3, 8, 25, 2)), [i % 4 for i in range(count)])
     write_agcn(bad, "train", np.full((16, 3, 8, 25, 2), np.nan), [i % 4 for i in range(16)])
-    paths = lambda folder: [f"data.format=agcn", f"data.train_data={folder / 'train_data_joint.npy'}",
+    paths = lambda folder: ["data.format=agcn", f"data.train_data={folder / 'train_data_joint.npy'}",
                             f"data.train_label={folder / 'train_label.pkl'}",
                             f"data.val_data={good / 'val_data_joint.npy'}",
                             f"data.val_label={good / 'val_label.pkl'}"]
