@@ -149,15 +149,26 @@ STTR_HD void copy_box(int n0, int n1, int n2, const BlockContext& ctx, Read read
 
 // A kernel's phases: either a fixed count (Kernel::kPhases > 0) of phase(step, ...), or, for one
 // that streams key tiles (kPhases == 0), start, tile(t, ...) for each of Kernel::tiles(p) tiles, and
-// finish. The device build runs them with a barrier before every phase but finish, which reads only
-// the thread's own registers (csrc/cuda_launch.cu); the host build runs every phase for all threads
-// of a block before the next (csrc/host_launch.cpp).
+// finish. A kernel that stages its keys in chunks of Kernel::kChunkTiles tiles (> 0) has a phase
+// chunk(c, ...) before the tiles of every chunk c but the first, which start stages. The device
+// build runs them with a barrier before every phase but finish, which reads only the thread's own
+// registers (csrc/cuda_launch.cu); the host build runs every phase for all threads of a block
+// before the next (csrc/host_launch.cpp).
+template <class Kernel>
+STTR_HD int key_chunks(const Problem& p) {
+  if constexpr (Kernel::kChunkTiles > 0) {
+    return (Kernel::tiles(p) + Kernel::kChunkTiles - 1) / Kernel::kChunkTiles;
+  } else {
+    return 1;
+  }
+}
+
 template <class Kernel>
 STTR_HD int phase_count(const Problem& p) {
   if constexpr (Kernel::kPhases > 0) {
     return Kernel::kPhases;
   } else {
-    return Kernel::tiles(p) + 2;
+    return Kernel::tiles(p) + key_chunks<Kernel>(p) - 1 + 2;
   }
 }
 
@@ -167,14 +178,24 @@ STTR_HD void run_phase(int step, const Problem& p, const BlockContext& ctx, type
     Kernel::phase(step, p, ctx, r);
   } else if (step == 0) {
     Kernel::start(p, ctx, r);
-  } else if (step <= Kernel::tiles(p)) {
-    Kernel::tile(step - 1, p, ctx, r);
-  } else {
+  } else if (step == phase_count<Kernel>(p) - 1) {
     Kernel::finish(p, ctx, r);
+  } else if constexpr (Kernel::kChunkTiles > 0) {
+    // Chunk 0's tiles, then per later chunk its chunk phase and its tiles.
+    const int K = Kernel::kChunkTiles, s = step - 1;
+    if (s < K) {
+      Kernel::tile(s, p, ctx, r);
+    } else if ((s - K) % (K + 1) == 0) {
+      Kernel::chunk(1 + (s - K) / (K + 1), p, ctx, r);
+    } else {
+      Kernel::tile(s - 1 - (s - K) / (K + 1), p, ctx, r);
+    }
+  } else {
+    Kernel::tile(step - 1, p, ctx, r);
   }
 }
 
 // Bytes of shared memory, each region aligned to 16 bytes.
-STTR_HD size_t align16(size_t bytes) { return (bytes + 15) & ~static_cast<size_t>(15); }
+STTR_HD constexpr size_t align16(size_t bytes) { return (bytes + 15) & ~static_cast<size_t>(15); }
 
 }  // namespace sttr

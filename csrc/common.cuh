@@ -60,8 +60,17 @@ STTR_HD double log_acc(double x) {
   return std::log(x);
 #endif
 }
+// fmax: one FMNMX on the device (a comparison and a select took two). Of a NaN and a number it
+// gives the number, where a > b ? a : b gave the NaN; a NaN score still makes its row NaN through
+// its exponential.
 template <typename A>
-STTR_HD A max_acc(A a, A b) { return a > b ? a : b; }
+STTR_HD A max_acc(A a, A b) {
+#if defined(__CUDA_ARCH__)
+  return fmax(a, b);
+#else
+  return std::fmax(a, b);
+#endif
+}
 template <typename A>
 STTR_HD A neg_inf() { return -static_cast<A>(INFINITY); }
 

@@ -35,6 +35,24 @@ __global__ void __launch_bounds__(Kernel::kMaxThreads, 1) run_phases(Problem p) 
   typename Kernel::Registers registers;
   if constexpr (Kernel::kPhases > 0) {
     run_fixed_phases<Kernel>(p, ctx, registers, std::make_integer_sequence<int, Kernel::kPhases>{});
+  } else if constexpr (Kernel::kChunkTiles > 0) {
+    // Keys staged in chunks (attention.cuh, run_phase): each chunk's phase, then its tiles.
+    Kernel::start(p, ctx, registers);
+    const int tiles = Kernel::tiles(p), chunks = key_chunks<Kernel>(p);
+#pragma unroll 1
+    for (int chunk = 0; chunk < chunks; ++chunk) {  // cost-model: loop=key_chunks
+      if (chunk > 0) {
+        __syncthreads();
+        Kernel::chunk(chunk, p, ctx, registers);
+      }
+      const int end = min(tiles, (chunk + 1) * Kernel::kChunkTiles);
+#pragma unroll 1
+      for (int tile = chunk * Kernel::kChunkTiles; tile < end; ++tile) {  // cost-model: loop=tiles
+        __syncthreads();
+        Kernel::tile(tile, p, ctx, registers);
+      }
+    }
+    Kernel::finish(p, ctx, registers);
   } else {
     Kernel::start(p, ctx, registers);
     const int tiles = Kernel::tiles(p);

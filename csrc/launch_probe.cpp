@@ -41,9 +41,10 @@ struct PrintingRunner {
     std::printf(
         "{\"kernel\": \"%s\", \"dk\": %d, \"dv\": %d, \"exact\": %s, \"blocks\": %lld, \"threads\": %d, "
         "\"shared_bytes\": %zu, \"tiles\": %d, \"block_tokens\": %d, \"chunks\": %d, \"key_tile\": %d, "
-        "\"copy_batch\": %d}\n",
+        "\"copy_batch\": %d, \"key_chunk\": %d}\n",
         Kernel::kName, I::dk, I::dv, I::exact ? "true" : "false", static_cast<long long>(g.blocks), g.threads,
-        g.shared_bytes, tiles<Kernel>(p), p.block_tokens, p.chunks, sttr::kKeyTile, sttr::kCopyBatch);
+        g.shared_bytes, tiles<Kernel>(p), p.block_tokens, p.chunks, sttr::kKeyTile, sttr::kCopyBatch,
+        sttr::kKeyChunk);
   }
 };
 

@@ -22,6 +22,8 @@ constexpr int kWarpRows = 16;
 // Rows (tokens) per temporal block at most; longer sequences are split into chunks (dispatch.h).
 constexpr int kTemporalRows = 160;
 constexpr int kTemporalThreads = kTemporalRows / kWarpRows * kWarpSize;
+// Keys the forward stages at once (a chunk): as many as a block has queries at most.
+constexpr int kKeyChunk = kTemporalRows;
 
 // Key (or query) tiles of a sequence: the tile phases of every temporal kernel.
 STTR_HD int temporal_tiles(const Problem& p) {
@@ -262,97 +264,218 @@ STTR_HD void zero_fragments(FragC<A> (&x)[BLOCKS]) {
   for (int j = 0; j < BLOCKS; ++j) x[j] = {{A(0), A(0), A(0), A(0)}};
 }
 
-// Forward: an online softmax over key tiles. Per tile a warp's scores S = Q·Kᵀ (16 rows × 32 keys)
-// stay in registers; each row's tile maximum (a quad's lanes share a row) moves its running
-// maximum once (one exponential per row and tile to rescale), then one exponential per score; the
-// denominator accumulates Σ a·(m + 1e-8) = K + 1e-8·L and the output Σ (m·a rounded to the
-// input type)·v, relative to the running maximum over all keys (docs/kernels.md §8 and §11).
+// Forward: an online softmax over key tiles. The keys of a sequence are staged in shared memory
+// in chunks of kKeyChunk (one chunk at ST-TR's lengths, L <= 160): the start phase stages the
+// warps' query rows and the first chunk, a phase of its own each later chunk (after the barrier
+// that ends the previous chunk's tiles), so the tile phases only compute. A chunk is copied a
+// warp per channel at a time, its lanes on 32 neighbouring tokens of each of the chunk's tiles,
+// whose loads are in flight together. Per tile a warp's scores S = Q·Kᵀ (16 rows × 32 keys) stay
+// in registers; each row's tile maximum (a quad's lanes share a row) moves its running maximum
+// once (one exponential per row and tile to rescale), then one exponential per score; the
+// denominator accumulates Σ a·(m + 1e-8) = K + 1e-8·L and the output Σ (m·a rounded to the input
+// type)·v, relative to the running maximum over all keys (docs/kernels.md §8 and §11).
 template <typename A, int DK, int DV, bool EXACT>
 struct TemporalForward {
   static constexpr const char* kName = "TemporalForward";
   using Block = TemporalBlock<A, DK, DV, EXACT>;
-  static constexpr int NV = Block::KB / 8;  // 8-column blocks of the output
+  static constexpr int KA = Block::KA, KB = Block::KB;
+  static constexpr int NV = KB / 8;  // 8-column blocks of the output
+  static constexpr int PA = fragment_pitch(KA), PB = fragment_pitch(KB);
+  static constexpr int kChunkTiles = kKeyChunk / kKeyTile;
+  static_assert(kKeyChunk % kKeyTile == 0, "whole tiles per chunk");
+  // Shared memory: per warp its own query rows and the exchange area of the portable product,
+  // then the chunk: k, v, the mask and the mask plus 1e-8 of kKeyChunk keys. Elements take
+  // sizeof(A) bytes, enough for every E.
+  static constexpr size_t kOwnQ = 0, kExchange = align16(kWarpRows * PA * sizeof(A));
+  static constexpr size_t kWarpBytes = kExchange + align16(kWarpSize * kExchangeElements * sizeof(A));
+  static constexpr size_t kKeys = 0, kValues = align16(kKeyChunk * PA * sizeof(A));
+  static constexpr size_t kMask = kValues + align16(kKeyChunk * PB * sizeof(A));
+  static constexpr size_t kMaskEps = kMask + align16(kKeyChunk * sizeof(A));
+  static constexpr size_t kChunkBytes = kMaskEps + align16(kKeyChunk * sizeof(A));
+
   struct Registers {
     FragC<A> acc[NV];
     A row_max[2], denominator[2];  // rows g and g + 8
+    // The block's sequence (n'·V + joint) and head, derived from the block index (divisions) in
+    // the start phase; offsets are derived from them where needed (more values held across the
+    // tiles spilled at 16/64).
+    uint32_t sequence;
+    int head, row0;  // row0: the warp's first query
   };
+  struct Place {
+    int64_t n, joint, flat_base;  // flat_base: flat index of (sequence, head, token 0)
+    STTR_HD int64_t offset(const Strided& x) const { return n * x.stride_n + joint * x.stride_v; }
+  };
+  STTR_HD static Place place(const Problem& p, const Registers& r) {
+    const uint32_t n = r.sequence / static_cast<uint32_t>(p.V);
+    return {n, r.sequence - static_cast<int64_t>(n) * p.V, (static_cast<int64_t>(r.sequence) * p.H + r.head) * p.T};
+  }
   static constexpr int kMaxThreads = kTemporalThreads;
-  static constexpr int kPhases = 0;  // start, one per key tile, finish
+  static constexpr int kPhases = 0;  // start, one per key tile (and per later key chunk), finish
   STTR_HD static int tiles(const Problem& p) { return temporal_tiles(p); }
-  STTR_HD static size_t shared_bytes(const Problem& p) { return Block::layout(p.block_tokens / kWarpRows).bytes; }
+  STTR_HD static size_t shared_bytes(const Problem& p) {
+    return static_cast<size_t>(p.block_tokens / kWarpRows) * kWarpBytes + kChunkBytes;
+  }
+  STTR_HD static unsigned char* chunk_buffer(const BlockContext& ctx) {
+    return ctx.shared + static_cast<size_t>(ctx.threads / kWarpSize) * kWarpBytes;
+  }
+  STTR_HD static unsigned char* own(const BlockContext& ctx) { return ctx.shared + ctx.thread / kWarpSize * kWarpBytes; }
 
+  // Channels [first, first + dims) of qkv into columns of ``rows`` (pitch PITCH) for the chunk's
+  // tokens: ``token[j]`` is the lane's token of tile j, ``exists`` whether it is in the sequence.
+  // A token past the sequence reads the last one (``token`` says so) and keeps it when
+  // ``repeat``, else is zero.
+  template <int PITCH, typename E>
+  STTR_HD static void copy_channels(const E* const (&token)[kChunkTiles], const bool (&exists)[kChunkTiles],
+                                    int64_t stride_c, int first, int dims, bool repeat, E* rows,
+                                    const BlockContext& ctx) {
+#pragma unroll 1
+    for (int c = ctx.thread / kWarpSize; c < dims; c += ctx.threads / kWarpSize) {  // cost-model: loop=chunk_channels
+      const int64_t channel = static_cast<int64_t>(first + c) * stride_c;
+      E loaded[kChunkTiles];
+#pragma unroll
+      for (int j = 0; j < kChunkTiles; ++j) loaded[j] = load_raw(token[j], channel);
+#pragma unroll
+      for (int j = 0; j < kChunkTiles; ++j) {
+        rows[j * kKeyTile * PITCH + c] = exists[j] || repeat ? loaded[j] : zero_element<E>();
+      }
+    }
+  }
+
+  // Keys [kKeyChunk·chunk, kKeyChunk·(chunk + 1)) into the chunk buffer, and their mask values.
+  // Keys past the sequence repeat the last key's k (their v, mask and mask plus 1e-8 are zero),
+  // so that a tile's maximum score is that of its keys in the sequence without a select per score.
   template <typename E>
-  STTR_HD static void load_keys(const Problem& p, const Block& b, int64_t tile, const BlockContext& ctx, const E* qkv) {
-    const int k_channel = (p.H + b.head) * b.dk, v_channel = 2 * p.H * b.dk + b.head * b.dv;
-    b.load_tile(qkv, p.qkv, tile, k_channel, b.dk, b.l.PA, b.template buffer<E>(ctx, tile, b.l.a), p, ctx);  // cost-model: dims=dk
-    b.load_tile(qkv, p.qkv, tile, v_channel, b.dv, b.l.PB, b.template buffer<E>(ctx, tile, b.l.b), p, ctx);  // cost-model: dims=dv
-    A* mask = b.template buffer<A>(ctx, tile, b.l.scalar0);
-    A* mask_eps = b.template buffer<A>(ctx, tile, b.l.scalar1);
-    const int valid = b.tile_rows(p, tile);
+  STTR_HD static void load_chunk(const Problem& p, const Registers& r, const Place& at, int chunk,
+                                 const BlockContext& ctx, const E* qkv) {
+    const int lane = ctx.thread % kWarpSize;
+    const int dk = head_dims<DK, EXACT>(p.dkh), dv = head_dims<DV, EXACT>(p.dvh);
+    const int first = chunk * kKeyChunk;
+    unsigned char* buffer = chunk_buffer(ctx);
+    const E* token[kChunkTiles];
+    bool exists[kChunkTiles];
+#pragma unroll
+    for (int j = 0; j < kChunkTiles; ++j) {
+      const int t = first + kKeyTile * j + lane;
+      exists[j] = t < p.T;
+      token[j] = qkv + at.offset(p.qkv) + static_cast<int64_t>(exists[j] ? t : p.T - 1) * p.qkv.stride_t;
+    }
+    copy_channels<PA>(token, exists, p.qkv.stride_c, (p.H + r.head) * dk, dk, true,  // cost-model: dims=dk
+                      reinterpret_cast<E*>(buffer + kKeys) + lane * PA, ctx);
+    copy_channels<PB>(token, exists, p.qkv.stride_c, 2 * p.H * dk + r.head * dv, dv, false,  // cost-model: dims=dv
+                      reinterpret_cast<E*>(buffer + kValues) + lane * PB, ctx);
+    A* mask = reinterpret_cast<A*>(buffer + kMask);
+    A* mask_eps = reinterpret_cast<A*>(buffer + kMaskEps);
     const A eps = drop_eps<A>(p);
 #pragma unroll 1
-    for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {  // cost-model: loop=tile_rows
-      const A m = row >= valid ? A(0) : p.keep ? A(p.keep[b.flat_index(p, tile * kKeyTile + row)] ? 1 : 0) : A(1);
+    for (int row = ctx.thread; row < kKeyChunk; row += ctx.threads) {  // cost-model: loop=chunk_rows
+      const bool in_sequence = first + row < p.T;
+      const A m = !in_sequence ? A(0) : p.keep ? A(p.keep[at.flat_base + first + row] ? 1 : 0) : A(1);
       mask[row] = m;
-      mask_eps[row] = row < valid ? m + eps : A(0);
+      mask_eps[row] = in_sequence ? m + eps : A(0);
+    }
+  }
+
+  // Zeroes the padding columns (dk .. KA, dv .. KB) of the chunk buffer once: the copies never
+  // write them.
+  template <typename E>
+  STTR_HD static void zero_padding(const Problem& p, const BlockContext& ctx) {
+    const int dk = head_dims<DK, EXACT>(p.dkh), dv = head_dims<DV, EXACT>(p.dvh);
+    unsigned char* buffer = chunk_buffer(ctx);
+#pragma unroll 1
+    for (int row = ctx.thread; row < kKeyChunk; row += ctx.threads) {  // cost-model: loop=pad_rows
+      E* key = reinterpret_cast<E*>(buffer + kKeys) + row * PA;
+      E* value = reinterpret_cast<E*>(buffer + kValues) + row * PB;
+#pragma unroll
+      for (int c = 0; c < KA; ++c) {
+        if (c >= dk) key[c] = zero_element<E>();
+      }
+#pragma unroll
+      for (int c = 0; c < KB; ++c) {
+        if (c >= dv) value[c] = zero_element<E>();
+      }
+    }
+  }
+
+  // The warp's 16 query rows, padded with zero columns (and zero rows past the sequence): lane l
+  // takes row l % 16 and every other column from l / 16.
+  template <typename E>
+  STTR_HD static void stage_queries(const Problem& p, const Registers& r, const Place& at, const BlockContext& ctx,
+                                    const E* qkv) {
+    const int lane = ctx.thread % kWarpSize, row = lane % kWarpRows, parity = lane / kWarpRows;
+    const int dk = head_dims<DK, EXACT>(p.dkh);
+    const bool exists = r.row0 + row < p.T;
+    const E* query = qkv + at.offset(p.qkv) + static_cast<int64_t>(exists ? r.row0 + row : r.row0) * p.qkv.stride_t +
+                     static_cast<int64_t>(r.head * dk) * p.qkv.stride_c;
+    E* own_row = reinterpret_cast<E*>(own(ctx) + kOwnQ) + row * PA;
+#pragma unroll
+    for (int i = 0; i < KA / 2; ++i) {
+      const int c = 2 * i + parity;
+      E value = zero_element<E>();
+      if (2 * i < dk && c < dk && exists) value = load_raw(query, c * p.qkv.stride_c);
+      own_row[c] = value;
     }
   }
 
   STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r) {
+    const Block b(p, ctx);
+    r.sequence = static_cast<uint32_t>(b.sequence);
+    r.head = b.head;
+    r.row0 = static_cast<int>(b.row0);
+    const Place at{b.n, b.joint, b.flat_index(p, 0)};
     with_typed_data(p.qkv, [&](const auto* qkv) {
       using E = ElementOf<decltype(qkv)>;
-      const Block b(p, ctx);
-      b.template zero_padding<E>(ctx);
-      if (b.warp_active(p)) {
-        b.template stage_rows<Block::KA>(qkv, p.qkv, b.head * b.dk, b.dk, b.l.PA, b.template own<E>(ctx, b.l.own_a),  // cost-model: dims=dk
-                                         p);
-      }
-      load_keys(p, b, 0, ctx, qkv);
+      zero_padding<E>(p, ctx);
+      if (r.row0 < p.T) stage_queries(p, r, at, ctx, qkv);
+      load_chunk(p, r, at, 0, ctx, qkv);
     });
     zero_fragments(r.acc);
     r.row_max[0] = r.row_max[1] = neg_inf<A>();
     r.denominator[0] = r.denominator[1] = A(0);
   }
 
+  STTR_HD static void chunk(int chunk, const Problem& p, const BlockContext& ctx, Registers& r) {
+    const Place at = place(p, r);
+    with_typed_data(p.qkv, [&](const auto* qkv) { load_chunk(p, r, at, chunk, ctx, qkv); });
+  }
+
   STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r) {
     with_typed_data(p.qkv, [&](const auto* qkv) {
-      const Block b(p, ctx);
-      if (tile + 1 < b.tiles) load_keys(p, b, tile + 1, ctx, qkv);
-      if (b.warp_active(p)) attend<ElementOf<decltype(qkv)>>(p, b, tile, ctx, r);
+      if (r.row0 < p.T) attend<ElementOf<decltype(qkv)>>(p, tile % kChunkTiles, ctx, r);
     });
   }
 
+  // ``tile``: the tile's place in the chunk.
   template <typename E>
-  STTR_HD static void attend(const Problem& p, const Block& b, int64_t tile, const BlockContext& ctx, Registers& r) {
-    const E* keys = b.template buffer<E>(ctx, tile, b.l.a);
-    const E* values = b.template buffer<E>(ctx, tile, b.l.b);
-    const A* mask = b.template buffer<A>(ctx, tile, b.l.scalar0);
-    const A* mask_eps = b.template buffer<A>(ctx, tile, b.l.scalar1);
-    E* exchange = b.template own<E>(ctx, b.l.exchange);
-    const int valid = b.tile_rows(p, tile), lane = b.lane, q = lane % 4;
+  STTR_HD static void attend(const Problem& p, int tile, const BlockContext& ctx, Registers& r) {
+    const unsigned char* buffer = chunk_buffer(ctx);
+    const int first = tile * kKeyTile;
+    const E* keys = reinterpret_cast<const E*>(buffer + kKeys) + first * PA;
+    const E* values = reinterpret_cast<const E*>(buffer + kValues) + first * PB;
+    const A* mask = reinterpret_cast<const A*>(buffer + kMask) + first;
+    const A* mask_eps = reinterpret_cast<const A*>(buffer + kMaskEps) + first;
+    E* exchange = reinterpret_cast<E*>(own(ctx) + kExchange);
+    const int lane = ctx.thread % kWarpSize, q = lane % 4;
     const A scale_log2 = A(p.scale) * A(kLog2e);
-    const FragA<E> query = load_a(b.template own<E>(ctx, b.l.own_a), b.l.PA, 0, lane);
+    const FragA<E> query = load_a(reinterpret_cast<const E*>(own(ctx) + kOwnQ), PA, 0, lane);
     FragC<A> s[kKeyTile / 8];
 #pragma unroll
     for (int h = 0; h < kKeyTile / 16; ++h) {
       FragB<E> key[2];
-      load_b_from_columns(key, keys, b.l.PA, 16 * h, 0, lane);
+      load_b_from_columns(key, keys, PA, 16 * h, 0, lane);
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         s[2 * h + j] = {{A(0), A(0), A(0), A(0)}};
         mma<Block::kScoreDepth>(s[2 * h + j], query, key[j], exchange, lane);  // cost-model: dims=dk
       }
     }
-    // Keys past the sequence score −inf; every tile holds a valid key, so each row's new maximum
-    // is finite, and the first rescale is exp(−inf) = 0.
+    // Keys past the sequence repeat the last key (load_chunk): each row's tile maximum is that of
+    // keys in the sequence, so finite, and the first rescale is exp(−inf) = 0.
     A tile_max[2] = {neg_inf<A>(), neg_inf<A>()};
 #pragma unroll
     for (int j = 0; j < kKeyTile / 8; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (8 * j + 2 * q + e % 2 >= valid) s[j].x[e] = neg_inf<A>();
-        tile_max[e / 2] = max_acc(tile_max[e / 2], s[j].x[e]);
-      }
+      for (int e = 0; e < 4; ++e) tile_max[e / 2] = max_acc(tile_max[e / 2], s[j].x[e]);
     }
     A shift[2];
 #pragma unroll
@@ -377,7 +500,7 @@ struct TemporalForward {
       }
     }
     if constexpr (kFloat16<E>) {
-      scaled_product(b, s, values, exchange, r);
+      scaled_product(s, values, exchange, lane, r);
     } else {
 #pragma unroll
       for (int h = 0; h < kKeyTile / 16; ++h) {
@@ -385,7 +508,7 @@ struct TemporalForward {
 #pragma unroll
         for (int c = 0; c < NV / 2; ++c) {
           FragB<E> value[2];
-          load_b_from_rows(value, values, b.l.PB, 16 * c, 16 * h, lane);
+          load_b_from_rows(value, values, PB, 16 * c, 16 * h, lane);
           mma<16>(r.acc[2 * c], weights, value[0], exchange, lane);
           mma<16>(r.acc[2 * c + 1], weights, value[1], exchange, lane);
         }
@@ -400,7 +523,7 @@ struct TemporalForward {
   // after it, both exactly; a row without a kept key in the tile gets 2^126 and 2^-126, finite.
   // The product of each 8-column block is formed apart from acc, whose scale it must not take.
   template <typename E>
-  STTR_HD static void scaled_product(const Block& b, FragC<A> (&s)[kKeyTile / 8], const E* values, E* exchange,
+  STTR_HD static void scaled_product(FragC<A> (&s)[kKeyTile / 8], const E* values, E* exchange, int lane,
                                      Registers& r) {
     float up[2], down[2];  // float16 runs with float32 accumulators (A is float)
 #pragma unroll
@@ -427,9 +550,9 @@ struct TemporalForward {
 #pragma unroll
       for (int h = 0; h < kKeyTile / 16; ++h) {
         FragB<E> value[2];
-        load_b_from_rows(value, values, b.l.PB, 16 * c, 16 * h, b.lane);
-        mma<16>(product[0], weights[h], value[0], exchange, b.lane);
-        mma<16>(product[1], weights[h], value[1], exchange, b.lane);
+        load_b_from_rows(value, values, PB, 16 * c, 16 * h, lane);
+        mma<16>(product[0], weights[h], value[0], exchange, lane);
+        mma<16>(product[1], weights[h], value[1], exchange, lane);
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
@@ -441,21 +564,33 @@ struct TemporalForward {
 
   // The row sums of the quad's partial denominators, out = acc / denominator and Λ.
   STTR_HD static void finish(const Problem& p, const BlockContext& ctx, Registers& r) {
+    if (r.row0 >= p.T) return;
+    const Place at = place(p, r);
     with_typed_data(p.qkv, [&](const auto* qkv) {
       using E = ElementOf<decltype(qkv)>;
-      const Block b(p, ctx);
-      if (!b.warp_active(p)) return;
-      A inverse[2];
+      E* out = static_cast<E*>(p.out.data) + at.offset(p.out);
+      const int lane = ctx.thread % kWarpSize, dv = head_dims<DV, EXACT>(p.dvh);
+      A denominator[2];  // the whole warp exchanges, before any lane leaves
+#pragma unroll
+      for (int half = 0; half < 2; ++half) denominator[half] = quad_sum(r.denominator[half]);
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        r.denominator[half] = quad_sum(r.denominator[half]);
-        inverse[half] = reciprocal(r.denominator[half]);
-        const int64_t token = b.fragment_token(half);
-        if (b.lane % 4 == 0 && token < p.T) {
-          static_cast<A*>(p.stats)[b.flat_index(p, token)] = r.row_max[half] * A(p.scale) + log_acc(r.denominator[half]);
+        const int token = r.row0 + lane / 4 + 8 * half;
+        if (token >= p.T) continue;
+        const A inverse = reciprocal(denominator[half]);
+        if (lane % 4 == 0) {
+          static_cast<A*>(p.stats)[at.flat_base + token] = r.row_max[half] * A(p.scale) + log_acc(denominator[half]);
+        }
+        E* row = out + static_cast<int64_t>(token) * p.out.stride_t + static_cast<int64_t>(r.head * dv) * p.out.stride_c;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = 8 * j + 2 * (lane % 4) + e;
+            if (c < dv) store_typed(row, c * p.out.stride_c, r.acc[j].x[2 * half + e] * inverse);
+          }
         }
       }
-      b.store_fragments(r.acc, inverse, static_cast<E*>(p.out.data), p.out, b.head * b.dv, b.dv, p);
     });
   }
 };
@@ -475,8 +610,27 @@ struct TemporalBackwardQuery {
   };
   static constexpr int kMaxThreads = kTemporalThreads;
   static constexpr int kPhases = 0;  // start, one per key tile, finish
+  static constexpr int kChunkTiles = 0;  // the key tiles stream double-buffered
   STTR_HD static int tiles(const Problem& p) { return temporal_tiles(p); }
   STTR_HD static size_t shared_bytes(const Problem& p) { return Block::layout(p.block_tokens / kWarpRows).bytes; }
+
+  // The tile's k and v rows and per-key mask values (m and m + 1e-8) into buffer tile & 1.
+  template <typename E>
+  STTR_HD static void load_keys(const Problem& p, const Block& b, int64_t tile, const BlockContext& ctx, const E* qkv) {
+    const int k_channel = (p.H + b.head) * b.dk, v_channel = 2 * p.H * b.dk + b.head * b.dv;
+    b.load_tile(qkv, p.qkv, tile, k_channel, b.dk, b.l.PA, b.template buffer<E>(ctx, tile, b.l.a), p, ctx);  // cost-model: dims=dk
+    b.load_tile(qkv, p.qkv, tile, v_channel, b.dv, b.l.PB, b.template buffer<E>(ctx, tile, b.l.b), p, ctx);  // cost-model: dims=dv
+    A* mask = b.template buffer<A>(ctx, tile, b.l.scalar0);
+    A* mask_eps = b.template buffer<A>(ctx, tile, b.l.scalar1);
+    const int valid = b.tile_rows(p, tile);
+    const A eps = drop_eps<A>(p);
+#pragma unroll 1
+    for (int row = ctx.thread; row < kKeyTile; row += ctx.threads) {  // cost-model: loop=tile_rows
+      const A m = row >= valid ? A(0) : p.keep ? A(p.keep[b.flat_index(p, tile * kKeyTile + row)] ? 1 : 0) : A(1);
+      mask[row] = m;
+      mask_eps[row] = row < valid ? m + eps : A(0);
+    }
+  }
 
   STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r) {
     with_typed_data(p.qkv, [&](const auto* qkv) {
@@ -484,7 +638,7 @@ struct TemporalBackwardQuery {
       const Block b(p, ctx);
       b.template zero_padding<E>(ctx);
       if (b.warp_active(p)) load_rows(p, b, ctx, r, qkv);
-      TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, 0, ctx, qkv);
+      load_keys(p, b, 0, ctx, qkv);
     });
     zero_fragments(r.dq);
   }
@@ -527,7 +681,7 @@ struct TemporalBackwardQuery {
   STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r) {
     with_typed_data(p.qkv, [&](const auto* qkv) {
       const Block b(p, ctx);
-      if (tile + 1 < b.tiles) TemporalForward<A, DK, DV, EXACT>::load_keys(p, b, tile + 1, ctx, qkv);
+      if (tile + 1 < b.tiles) load_keys(p, b, tile + 1, ctx, qkv);
       if (b.warp_active(p)) attend<ElementOf<decltype(qkv)>>(p, b, tile, ctx, r);
     });
   }
@@ -605,6 +759,7 @@ struct TemporalBackwardKey {
   };
   static constexpr int kMaxThreads = kTemporalThreads;
   static constexpr int kPhases = 0;  // start, one per query tile, finish
+  static constexpr int kChunkTiles = 0;  // the query tiles stream double-buffered
   STTR_HD static int tiles(const Problem& p) { return temporal_tiles(p); }
   STTR_HD static size_t shared_bytes(const Problem& p) { return Block::layout(p.block_tokens / kWarpRows).bytes; }
 

@@ -52,8 +52,6 @@ KERNELS = {"spatial_forward": ("spatial_forward", "SpatialForward"),
            "temporal_key_mask": ("key_mask", "key_mask")}
 # The loops that run per key (or per key tile): their instructions are a row's ``key loop``.
 KEY_LOOPS = ("tiles", "tile_halves", "fragment_depth", "joints")
-# The file of the __global__ functions, into which every kernel's code is inlined.
-LAUNCHER = "cuda_launch.cu"
 # The conditions a launch can meet, for ``only=`` tags.
 DTYPE_CONDITIONS = {"fp16", "bf16", "fp32"}
 
@@ -304,19 +302,33 @@ def _successors(instructions: list[Instruction]) -> dict[int, list[int]]:
     return found
 
 
+def _sixteen_bit(instruction: Instruction) -> str | None:
+    """bf16 or fp16 when the instruction is one of that type's own: inlined from its CUDA header
+    (loads, conversions) or a product or conversion of it."""
+    inner = instruction.chain[0][0] if instruction.chain else ""
+    if inner.startswith("cuda_bf16") or ".BF16" in instruction.text:
+        return "bf16"
+    if inner.startswith("cuda_fp16") or (instruction.opcode in ("HMMA", "F2FP") and ".F16" in instruction.text):
+        return "fp16"
+    return None
+
+
 def element_types(instructions: list[Instruction], tags) -> dict[int, set[str]]:
     """Which element types (``only=`` bf16, fp16, fp32 on with_typed_data's calls) run each
     instruction of the typed code, by control flow rather than by its own inline chain: nvcc's
     line table gives some code inlined through one call of the type switch the chain of another
-    (in the temporal kernels, the 16-bit tile copies say they were inlined through the float32
-    call, and some carry no inline chain at all). Untyped code is what the kernel function itself
-    runs: instructions whose chain leads out to the launcher's file through no typed call. A
-    type's code is what its entries (instructions tagged with it that untyped code, the switch,
-    branches to or falls into) reach without passing through untyped code; an instruction that no
-    entry reaches keeps its chain's type (none: it runs for every type)."""
+    (the temporal kernels' 16-bit tile copies said they came through the float32 call, a float32
+    branch's first instructions through the bfloat16 one), and some code no inline chain at all.
+    Untyped code is what the kernel function itself runs: instructions whose chain leads out to
+    the file of the function's first instruction (the launcher's) through no typed call. Each entry into typed code (from untyped code, the
+    switch) starts a branch: what it reaches without passing through untyped code. A branch's
+    type is the 16-bit type most of its instructions belong to (``_sixteen_bit``), else the one
+    most of their chains name; an instruction runs for the types of the branches that reach it,
+    and one that none reaches keeps its chain's (none: every type)."""
     typed = {i.address: _only(i.chain, tags) & DTYPE_CONDITIONS for i in instructions}
-    untyped = {i.address for i in instructions
-               if not typed[i.address] and i.chain and i.chain[-1][0] == LAUNCHER}
+    by_address = {i.address: i for i in instructions}
+    root = next((i.chain[-1][0] for i in instructions if i.chain), None)  # the kernel function's file
+    untyped = {i.address for i in instructions if not typed[i.address] and i.chain and i.chain[-1][0] == root}
     successors = _successors(instructions)
     predecessors: dict[int, list[int]] = {i.address: [] for i in instructions}
     for source, targets in successors.items():
@@ -324,17 +336,30 @@ def element_types(instructions: list[Instruction], tags) -> dict[int, set[str]]:
             if target in predecessors:
                 predecessors[target].append(source)
     reached: dict[int, set[str]] = {a: set() for a in typed if a not in untyped}
-    for kind in DTYPE_CONDITIONS:
-        stack = [a for a, kinds in typed.items() if kind in kinds and
-                 (not predecessors[a] or any(source in untyped for source in predecessors[a]))]
-        seen = set(stack)
+    entries = [a for a in reached if not predecessors[a] or any(source in untyped for source in predecessors[a])]
+    for entry in entries:
+        branch, stack = {entry}, [entry]
         while stack:
-            address = stack.pop()
-            reached[address].add(kind)
-            for target in successors[address]:
-                if target in reached and target not in seen:
-                    seen.add(target)
+            for target in successors[stack.pop()]:
+                if target in reached and target not in branch:
+                    branch.add(target)
                     stack.append(target)
+        # The 16-bit types' own instructions (their headers' loads and conversions, their
+        # products) say which a branch is; a branch without them is float32's or goes by its chains.
+        votes: dict[str, int] = {}
+        for address in branch:
+            kind = _sixteen_bit(by_address[address])
+            if kind:
+                votes[kind] = votes.get(kind, 0) + 1
+        if not votes:
+            for address in branch:
+                if len(typed[address]) == 1:
+                    kind = next(iter(typed[address]))
+                    votes[kind] = votes.get(kind, 0) + 1
+        if votes:
+            kind = max(sorted(votes), key=votes.get)
+            for address in branch:
+                reached[address].add(kind)
     return {a: kinds or typed[a] for a, kinds in reached.items()}
 
 
@@ -380,12 +405,18 @@ def _per_warp_mean(warps: int, lane_trips) -> float:
     return sum(max(lane_trips(32 * w + lane) for lane in range(32)) for w in range(warps)) / warps
 
 
+def key_chunks(launch: dict) -> int:
+    """Chunks of keys the temporal forward stages (csrc/temporal.cuh, kKeyChunk)."""
+    return -(-launch["tiles"] * launch["key_tile"] // launch.get("key_chunk", launch["key_tile"]))
+
+
 def trips_per_entry(loop: Loop, launch: dict, layer_tokens: int, layer_joints: int, dims: dict) -> float:
     """Mean trips per warp of one entry into ``loop``, from its tag and the launch (csrc/ is the
     reference: the loops these formulas mirror carry the tag)."""
     threads, warps = launch["threads"], launch["threads"] // 32
-    if loop.name == "tiles":
-        return launch["tiles"]
+    if loop.name == "tiles":  # all of them, or a key chunk's (the forward's key_chunks loop)
+        parent = loop.parent.name if loop.parent is not None else None
+        return launch["tiles"] / key_chunks(launch) if parent == "key_chunks" else launch["tiles"]
     if loop.name == "tile_halves":  # a key tile's two 16-key products, one after the other
         return launch["key_tile"] / 16
     if loop.name == "joints":
@@ -399,6 +430,19 @@ def trips_per_entry(loop: Loop, launch: dict, layer_tokens: int, layer_joints: i
     if loop.name == "zero_pad":  # for (e = thread; e < 2 * key_tile * padding; e += threads)
         total = 2 * key_tile * (padded["dk"] - dims["dk"] + padded["dv"] - dims["dv"])
         return _per_warp_mean(warps, lambda t: math.ceil((total - t) / threads) if t < total else 0)
+    # The forward's key chunks (csrc/temporal.cuh, TemporalForward; csrc/cuda_launch.cu): the
+    # start phase copies the first, a phase in the key_chunks loop each later one.
+    chunk, chunks = launch.get("key_chunk", key_tile), key_chunks(launch)
+    if loop.name == "key_chunks":
+        return chunks
+    later = (chunks - 1) / chunks if loop.parent is not None and loop.parent.name == "key_chunks" else 1
+    if loop.name == "chunk_channels":  # for (c = warp; c < dims; c += warps)
+        channels = dims[loop.dims]
+        return later * sum(-(-(channels - w) // warps) for w in range(min(warps, channels))) / warps
+    if loop.name == "chunk_rows":  # for (row = thread; row < chunk; row += threads)
+        return later * _per_warp_mean(warps, lambda t: math.ceil((chunk - t) / threads) if t < chunk else 0)
+    if loop.name == "pad_rows":  # for (row = thread; row < chunk; row += threads), once
+        return _per_warp_mean(warps, lambda t: math.ceil((chunk - t) / threads) if t < chunk else 0)
     if loop.name == "stage_rows":  # a warp's 16 rows of the padded columns, 32 lanes, batch per trip
         return 16 * padded[loop.dims] / (32 * batch)
     if loop.name == "delta_channels":  # D = rowsum(dO ⊙ O), one row per lane of the first 16
