@@ -150,7 +150,8 @@ STTR_HD void copy_box(int n0, int n1, int n2, const BlockContext& ctx, Read read
 // A kernel's phases: either a fixed count (Kernel::kPhases > 0) of phase(step, ...), or, for one
 // that streams key tiles (kPhases == 0), start, tile(t, ...) for each of Kernel::tiles(p) tiles, and
 // finish. A kernel that stages its keys in chunks of Kernel::kChunkTiles tiles (> 0) has a phase
-// chunk(c, ...) before the tiles of every chunk c but the first, which start stages. The device
+// chunk(c, ...) before the tiles of every chunk c but the first, which start stages, and its
+// phases take qkv typed (the element type's switch stays outside them). The device
 // build runs them with a barrier before every phase but finish, which reads only the thread's own
 // registers (csrc/cuda_launch.cu); the host build runs every phase for all threads of a block
 // before the next (csrc/host_launch.cpp).
@@ -172,26 +173,37 @@ STTR_HD int phase_count(const Problem& p) {
   }
 }
 
+// A phase of a kernel that stages its keys in chunks, whose phases take qkv typed.
+template <class Kernel, typename E>
+STTR_HD void run_chunked_phase(int step, const Problem& p, const BlockContext& ctx, typename Kernel::Registers& r,
+                               const E* qkv) {
+  // Start, chunk 0's tiles, then per later chunk its chunk phase and its tiles, finish.
+  const int K = Kernel::kChunkTiles, s = step - 1;
+  if (step == 0) {
+    Kernel::start(p, ctx, r, qkv);
+  } else if (step == phase_count<Kernel>(p) - 1) {
+    Kernel::finish(p, ctx, r, qkv);
+  } else if (s < K) {
+    Kernel::tile(s, p, ctx, r, qkv);
+  } else if ((s - K) % (K + 1) == 0) {
+    Kernel::chunk(1 + (s - K) / (K + 1), p, ctx, r, qkv);
+  } else {
+    Kernel::tile(s - 1 - (s - K) / (K + 1), p, ctx, r, qkv);
+  }
+}
+
 template <class Kernel>
 STTR_HD void run_phase(int step, const Problem& p, const BlockContext& ctx, typename Kernel::Registers& r) {
   if constexpr (Kernel::kPhases > 0) {
     Kernel::phase(step, p, ctx, r);
+  } else if constexpr (Kernel::kChunkTiles > 0) {
+    with_typed_data(p.qkv, [&](const auto* qkv) { run_chunked_phase<Kernel>(step, p, ctx, r, qkv); });
   } else if (step == 0) {
     Kernel::start(p, ctx, r);
-  } else if (step == phase_count<Kernel>(p) - 1) {
-    Kernel::finish(p, ctx, r);
-  } else if constexpr (Kernel::kChunkTiles > 0) {
-    // Chunk 0's tiles, then per later chunk its chunk phase and its tiles.
-    const int K = Kernel::kChunkTiles, s = step - 1;
-    if (s < K) {
-      Kernel::tile(s, p, ctx, r);
-    } else if ((s - K) % (K + 1) == 0) {
-      Kernel::chunk(1 + (s - K) / (K + 1), p, ctx, r);
-    } else {
-      Kernel::tile(s - 1 - (s - K) / (K + 1), p, ctx, r);
-    }
-  } else {
+  } else if (step <= Kernel::tiles(p)) {
     Kernel::tile(step - 1, p, ctx, r);
+  } else {
+    Kernel::finish(p, ctx, r);
   }
 }
 

@@ -22,6 +22,34 @@ __device__ __forceinline__ void run_fixed_phases(const Problem& p, const BlockCo
   ((Steps ? __syncthreads() : void(), Kernel::phase(Steps, p, ctx, registers)), ...);
 }
 
+// Keys staged in chunks (attention.cuh, run_phase): the first chunk's tiles, then per later chunk
+// its phase and its tiles, in a loop of their own, so that a one-chunk sequence (ST-TR's lengths)
+// runs none of the later chunks' code.
+template <class Kernel, typename E>
+__device__ __forceinline__ void run_chunked_phases(const Problem& p, const BlockContext& ctx,
+                                                   typename Kernel::Registers& registers, const E* qkv) {
+  Kernel::start(p, ctx, registers, qkv);
+  const int tiles = Kernel::tiles(p), first = min(tiles, Kernel::kChunkTiles);
+#pragma unroll 1
+  for (int tile = 0; tile < first; ++tile) {  // cost-model: loop=tiles
+    __syncthreads();
+    Kernel::tile(tile, p, ctx, registers, qkv);
+  }
+  const int chunks = key_chunks<Kernel>(p);
+#pragma unroll 1
+  for (int chunk = 1; chunk < chunks; ++chunk) {  // cost-model: loop=key_chunks
+    __syncthreads();
+    Kernel::chunk(chunk, p, ctx, registers, qkv);
+    const int end = min(tiles, (chunk + 1) * Kernel::kChunkTiles);
+#pragma unroll 1
+    for (int tile = chunk * Kernel::kChunkTiles; tile < end; ++tile) {  // cost-model: loop=chunk_tiles
+      __syncthreads();
+      Kernel::tile(tile, p, ctx, registers, qkv);
+    }
+  }
+  Kernel::finish(p, ctx, registers, qkv);
+}
+
 // The phases of one block with a barrier between consecutive ones; a thread's Registers live
 // across them. A fixed phase count (Kernel::kPhases > 0) runs unrolled, so that every register's
 // lifetime ends with the last phase that uses it; a kernel that streams key tiles runs start, one
@@ -36,23 +64,9 @@ __global__ void __launch_bounds__(Kernel::kMaxThreads, 1) run_phases(Problem p) 
   if constexpr (Kernel::kPhases > 0) {
     run_fixed_phases<Kernel>(p, ctx, registers, std::make_integer_sequence<int, Kernel::kPhases>{});
   } else if constexpr (Kernel::kChunkTiles > 0) {
-    // Keys staged in chunks (attention.cuh, run_phase): each chunk's phase, then its tiles.
-    Kernel::start(p, ctx, registers);
-    const int tiles = Kernel::tiles(p), chunks = key_chunks<Kernel>(p);
-#pragma unroll 1
-    for (int chunk = 0; chunk < chunks; ++chunk) {  // cost-model: loop=key_chunks
-      if (chunk > 0) {
-        __syncthreads();
-        Kernel::chunk(chunk, p, ctx, registers);
-      }
-      const int end = min(tiles, (chunk + 1) * Kernel::kChunkTiles);
-#pragma unroll 1
-      for (int tile = chunk * Kernel::kChunkTiles; tile < end; ++tile) {  // cost-model: loop=tiles
-        __syncthreads();
-        Kernel::tile(tile, p, ctx, registers);
-      }
-    }
-    Kernel::finish(p, ctx, registers);
+    // One switch on the element type around all phases, so that each type's loop hoists only its
+    // own invariants.
+    with_typed_data(p.qkv, [&](const auto* qkv) { run_chunked_phases<Kernel>(p, ctx, registers, qkv); });
   } else {
     Kernel::start(p, ctx, registers);
     const int tiles = Kernel::tiles(p);

@@ -34,6 +34,16 @@ int tiles(const sttr::Problem& p) {
   }
 }
 
+// Tiles per key chunk of a kernel that stages its keys in chunks (attention.cuh), else 0.
+template <class Kernel>
+int chunk_tiles() {
+  if constexpr (Kernel::kPhases > 0) {
+    return 0;
+  } else {
+    return Kernel::kChunkTiles;
+  }
+}
+
 struct PrintingRunner {
   template <class Kernel>
   void run(const sttr::Problem& p, const sttr::Geometry& g) {
@@ -41,10 +51,10 @@ struct PrintingRunner {
     std::printf(
         "{\"kernel\": \"%s\", \"dk\": %d, \"dv\": %d, \"exact\": %s, \"blocks\": %lld, \"threads\": %d, "
         "\"shared_bytes\": %zu, \"tiles\": %d, \"block_tokens\": %d, \"chunks\": %d, \"key_tile\": %d, "
-        "\"copy_batch\": %d, \"key_chunk\": %d}\n",
+        "\"copy_batch\": %d, \"chunk_tiles\": %d}\n",
         Kernel::kName, I::dk, I::dv, I::exact ? "true" : "false", static_cast<long long>(g.blocks), g.threads,
         g.shared_bytes, tiles<Kernel>(p), p.block_tokens, p.chunks, sttr::kKeyTile, sttr::kCopyBatch,
-        sttr::kKeyChunk);
+        chunk_tiles<Kernel>());
   }
 };
 

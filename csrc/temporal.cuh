@@ -417,32 +417,31 @@ struct TemporalForward {
     }
   }
 
-  STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r) {
+  // The phases take qkv typed: the launcher switches on the element type once, outside the
+  // phases (csrc/cuda_launch.cu, attention.cuh run_chunked_phase).
+  template <typename E>
+  STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r, const E* qkv) {
     const Block b(p, ctx);
     r.sequence = static_cast<uint32_t>(b.sequence);
     r.head = b.head;
     r.row0 = static_cast<int>(b.row0);
     const Place at{b.n, b.joint, b.flat_index(p, 0)};
-    with_typed_data(p.qkv, [&](const auto* qkv) {
-      using E = ElementOf<decltype(qkv)>;
-      zero_padding<E>(p, ctx);
-      if (r.row0 < p.T) stage_queries(p, r, at, ctx, qkv);
-      load_chunk(p, r, at, 0, ctx, qkv);
-    });
+    zero_padding<E>(p, ctx);
+    if (r.row0 < p.T) stage_queries(p, r, at, ctx, qkv);
+    load_chunk(p, r, at, 0, ctx, qkv);
     zero_fragments(r.acc);
     r.row_max[0] = r.row_max[1] = neg_inf<A>();
     r.denominator[0] = r.denominator[1] = A(0);
   }
 
-  STTR_HD static void chunk(int chunk, const Problem& p, const BlockContext& ctx, Registers& r) {
-    const Place at = place(p, r);
-    with_typed_data(p.qkv, [&](const auto* qkv) { load_chunk(p, r, at, chunk, ctx, qkv); });
+  template <typename E>
+  STTR_HD static void chunk(int chunk, const Problem& p, const BlockContext& ctx, Registers& r, const E* qkv) {
+    load_chunk(p, r, place(p, r), chunk, ctx, qkv);
   }
 
-  STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r) {
-    with_typed_data(p.qkv, [&](const auto* qkv) {
-      if (r.row0 < p.T) attend<ElementOf<decltype(qkv)>>(p, tile % kChunkTiles, ctx, r);
-    });
+  template <typename E>
+  STTR_HD static void tile(int tile, const Problem& p, const BlockContext& ctx, Registers& r, const E*) {
+    if (r.row0 < p.T) attend<E>(p, tile % kChunkTiles, ctx, r);
   }
 
   // ``tile``: the tile's place in the chunk.
@@ -563,11 +562,11 @@ struct TemporalForward {
   }
 
   // The row sums of the quad's partial denominators, out = acc / denominator and Λ.
-  STTR_HD static void finish(const Problem& p, const BlockContext& ctx, Registers& r) {
+  template <typename E>
+  STTR_HD static void finish(const Problem& p, const BlockContext& ctx, Registers& r, const E*) {
     if (r.row0 >= p.T) return;
     const Place at = place(p, r);
-    with_typed_data(p.qkv, [&](const auto* qkv) {
-      using E = ElementOf<decltype(qkv)>;
+    {
       E* out = static_cast<E*>(p.out.data) + at.offset(p.out);
       const int lane = ctx.thread % kWarpSize, dv = head_dims<DV, EXACT>(p.dvh);
       A denominator[2];  // the whole warp exchanges, before any lane leaves
@@ -591,7 +590,7 @@ struct TemporalForward {
           }
         }
       }
-    });
+    }
   }
 };
 

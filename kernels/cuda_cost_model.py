@@ -406,17 +406,21 @@ def _per_warp_mean(warps: int, lane_trips) -> float:
 
 
 def key_chunks(launch: dict) -> int:
-    """Chunks of keys the temporal forward stages (csrc/temporal.cuh, kKeyChunk)."""
-    return -(-launch["tiles"] * launch["key_tile"] // launch.get("key_chunk", launch["key_tile"]))
+    """Chunks of keys a kernel stages (csrc/temporal.cuh, TemporalForward): 1 for the others."""
+    return -(-launch["tiles"] // launch["chunk_tiles"]) if launch.get("chunk_tiles") else 1
 
 
 def trips_per_entry(loop: Loop, launch: dict, layer_tokens: int, layer_joints: int, dims: dict) -> float:
     """Mean trips per warp of one entry into ``loop``, from its tag and the launch (csrc/ is the
     reference: the loops these formulas mirror carry the tag)."""
     threads, warps = launch["threads"], launch["threads"] // 32
-    if loop.name == "tiles":  # all of them, or a key chunk's (the forward's key_chunks loop)
-        parent = loop.parent.name if loop.parent is not None else None
-        return launch["tiles"] / key_chunks(launch) if parent == "key_chunks" else launch["tiles"]
+    first = min(launch["tiles"], launch.get("chunk_tiles") or launch["tiles"])
+    if loop.name == "tiles":  # all of them, or the first key chunk's (csrc/cuda_launch.cu)
+        return first
+    if loop.name == "key_chunks":  # the later key chunks
+        return key_chunks(launch) - 1
+    if loop.name == "chunk_tiles":  # a later chunk's tiles
+        return (launch["tiles"] - first) / (key_chunks(launch) - 1) if key_chunks(launch) > 1 else 0
     if loop.name == "tile_halves":  # a key tile's two 16-key products, one after the other
         return launch["key_tile"] / 16
     if loop.name == "joints":
@@ -430,18 +434,13 @@ def trips_per_entry(loop: Loop, launch: dict, layer_tokens: int, layer_joints: i
     if loop.name == "zero_pad":  # for (e = thread; e < 2 * key_tile * padding; e += threads)
         total = 2 * key_tile * (padded["dk"] - dims["dk"] + padded["dv"] - dims["dv"])
         return _per_warp_mean(warps, lambda t: math.ceil((total - t) / threads) if t < total else 0)
-    # The forward's key chunks (csrc/temporal.cuh, TemporalForward; csrc/cuda_launch.cu): the
-    # start phase copies the first, a phase in the key_chunks loop each later one.
-    chunk, chunks = launch.get("key_chunk", key_tile), key_chunks(launch)
-    if loop.name == "key_chunks":
-        return chunks
-    later = (chunks - 1) / chunks if loop.parent is not None and loop.parent.name == "key_chunks" else 1
+    # The forward's key chunks (csrc/temporal.cuh, TemporalForward): the start phase copies the
+    # first, the key_chunks loop each later one (its runs multiply these).
+    chunk = key_tile * launch["chunk_tiles"] if launch.get("chunk_tiles") else key_tile
     if loop.name == "chunk_channels":  # for (c = warp; c < dims; c += warps)
         channels = dims[loop.dims]
-        return later * sum(-(-(channels - w) // warps) for w in range(min(warps, channels))) / warps
-    if loop.name == "chunk_rows":  # for (row = thread; row < chunk; row += threads)
-        return later * _per_warp_mean(warps, lambda t: math.ceil((chunk - t) / threads) if t < chunk else 0)
-    if loop.name == "pad_rows":  # for (row = thread; row < chunk; row += threads), once
+        return sum(-(-(channels - w) // warps) for w in range(min(warps, channels))) / warps
+    if loop.name == "chunk_rows" or loop.name == "pad_rows":  # for (row = thread; row < chunk; row += threads)
         return _per_warp_mean(warps, lambda t: math.ceil((chunk - t) / threads) if t < chunk else 0)
     if loop.name == "stage_rows":  # a warp's 16 rows of the padded columns, 32 lanes, batch per trip
         return 16 * padded[loop.dims] / (32 * batch)
