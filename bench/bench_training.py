@@ -1,15 +1,17 @@
 """CPU training with ``train.amp=bf16`` against float32: S-TR and T-TR, joints, a batch of 4 clips of
 300 frames, one training step as ``sttr train`` runs it on the CPU (the model placed by
-``sttr_fast.train.engine.place_model``, the reference backend, forward and cross-entropy under the
-autocast, backward, SGD with Nesterov momentum).
+``sttr_fast.train.engine.place_model``: channels-last for bf16; the reference backend, forward and
+cross-entropy under the autocast, backward, SGD with Nesterov momentum).
 
 The ``bf16 autocast`` row also carries ``paired_speed_up``: the median, over 5 pairs, of the
-float32 step's time over the bf16 step's, the two run back to back on the same model
+float32 step's time over the bf16 step's, the two run back to back on copies of one model
 (bench/measure.py ``paired_speed_up``); bench/report.py shows it. The CPU subset (``-k cpu``)
 runs these; there is no CUDA row (ST-TR trains in bf16 on GPUs anyway: bench/bench_model.py).
 
     python -m pytest bench/bench_training.py --benchmark-only --benchmark-json out.json
 """
+import copy
+
 import pytest
 import torch
 
@@ -36,17 +38,19 @@ def training_step(model, labels, optimizer, bf16: bool):
 def bench_training(benchmark, case):
     stream, precision = case
     torch.manual_seed(0)
-    model = place_model(STTR(num_classes=NUM_CLASSES, stream=stream, backend="reference"),
-                        torch.device("cpu")).train()
+    model = STTR(num_classes=NUM_CLASSES, stream=stream, backend="reference").train()
+    cpu = torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(CLIPS, 3, FRAMES, 25, 2, generator=generator)
     labels = torch.randint(0, NUM_CLASSES, (CLIPS,), generator=generator)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    bf16 = precision == "bf16 autocast"
-    step = training_step(model, labels, optimizer, bf16)
-    paired = ({"paired_speed_up": paired_speed_up(training_step(model, labels, optimizer, False), step, x)}
-              if bf16 else {})
+
+    def step_of(amp: str):
+        placed = place_model(copy.deepcopy(model), cpu, amp)
+        optimizer = torch.optim.SGD(placed.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        return training_step(placed, labels, optimizer, amp == "bf16")
+
+    step = step_of("bf16" if precision == "bf16 autocast" else "none")
+    paired = {"paired_speed_up": paired_speed_up(step_of("none"), step, x)} if precision != "fp32" else {}
     name = {"spatial": "S-TR", "temporal": "T-TR"}[stream]
     group = f"{name}, joints, N={CLIPS} T={FRAMES}, training step [cpu]"
-    record(benchmark, step, [x], torch.device("cpu"), group, precision, "training", rounds=5,
-           model=name, **paired)
+    record(benchmark, step, [x], cpu, group, precision, "training", rounds=5, model=name, **paired)

@@ -43,7 +43,7 @@ class GraphConvolution(nn.Module):
         (the CPU): the convolution's channels-last output is, per (n, t), a
         (V, K*C) row-major matrix, i.e. a (V*K, C) one, so one batched product with the (W, V*K)
         matrix [A_k]_{v,w} mixes the joints and sums the subsets without a copy, and writes the
-        result channels-last again. Taken in CPU training too (sttr_fast/train/engine.py
+        result channels-last again. Taken in bf16 CPU training too (sttr_fast/train/engine.py
         place_model)."""
         k, v, _ = subsets.shape
         weight = torch.cat([conv.weight for conv in self.convs], dim=0)  # (K*C_out, C_in, 1, 1)

@@ -103,7 +103,7 @@ def test_channels_last_weights_compute_the_same_network(stream):
 
 @pytest.mark.parametrize("stream", ["spatial", "temporal"])
 def test_channels_last_training_step_is_the_same_step(stream):
-    """CPU training runs channels-last (sttr_fast/train/engine.py place_model): every unit then
+    """bf16 CPU training runs channels-last (sttr_fast/train/engine.py place_model): every unit then
     gets channels-last activations, the concatenation before unit 3 included, and the training
     step — output, running statistics, every gradient, DropAttention's masks drawn from one
     seed — is the NCHW model's (float64)."""

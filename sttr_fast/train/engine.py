@@ -44,13 +44,16 @@ def build_model(config: Config) -> STTR:
                 tsa_stride_skips_frames=m.tsa_stride_skips_frames)
 
 
-def place_model(model: STTR, device: torch.device) -> STTR:
-    """``model`` on ``device`` as training runs it: on the CPU with channels-last weights, so
-    channels-last activations (STTR.activation_layout), where oneDNN's convolutions skip the
-    reorders to and from NCHW that took about a sixth of a bf16 S-TR step
-    (bench/bench_training.py)."""
+def place_model(model: STTR, device: torch.device, amp: str = "none") -> STTR:
+    """``model`` on ``device`` as training runs it. With ``amp="bf16"`` on the CPU its weights,
+    and so its activations (STTR.activation_layout), are channels-last, where oneDNN's bf16
+    convolutions skip the reorders to and from NCHW that took about a sixth of a bf16 S-TR step
+    (bench/bench_training.py). Float32 keeps NCHW: channels-last gained nothing for S-TR at
+    ST-TR's shapes and lost ~10 % on the demo's narrow model."""
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+    if device.type == "cpu" and amp == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def lr_factor(epoch: int, config: Config) -> float:
@@ -143,7 +146,7 @@ class Trainer:
         # dir is created or touched.
         self.train_set = build_dataset(config, "train", training=True)
         self.val_set = build_dataset(config, "val")
-        self.model = place_model(build_model(config), self.context.device)
+        self.model = place_model(build_model(config), self.context.device, config.train.amp)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.optim.lr,
                                          momentum=config.optim.momentum,
                                          nesterov=config.optim.nesterov,
