@@ -5,10 +5,12 @@
 // products are warp-level 16 x 8 x 16 matrix products on fragments (csrc/warp.cuh): tensor cores
 // for float16 and bfloat16, the portable body otherwise. A warp's own rows (q and dO, or k and v)
 // are staged once into its shared-memory area in the tensor's type, columns padded with zeros to
-// whole 16-deep products; the other side of the sequence streams through shared memory in tiles
-// of kKeyTile tokens, double-buffered: the phase that computes on tile τ also copies tile τ + 1,
-// and the barrier between phases separates the two. Each token of a tile (and its mask value) is
-// read once per block; nothing L × L is ever stored, so memory is O(L) per (sequence, head).
+// whole 16-deep products. The forward stages the other side of the sequence (keys) in chunks of
+// kKeyChunk tokens, each before its tiles; in the backward it streams through shared memory in
+// tiles of kKeyTile tokens, double-buffered: the phase that computes on tile τ also copies tile
+// τ + 1, and the barrier between phases separates the two. Each token of a tile (and its mask
+// value) is read once per block; nothing L × L is ever stored, so memory is O(L) per (sequence,
+// head).
 #pragma once
 
 #include "spatial.cuh"
