@@ -4,8 +4,9 @@
 cross-entropy under the autocast, backward, SGD with Nesterov momentum).
 
 The ``bf16 autocast`` row also carries ``paired_speed_up``: the median, over 5 pairs, of the
-float32 step's time over the bf16 step's, the two run back to back on copies of one model
-(bench/measure.py ``paired_speed_up``); bench/report.py shows it. The CPU subset (``-k cpu``)
+float32 step's time over the bf16 step's, the two run back to back on copies of one model, each
+after an untimed step of its own kind (bench/measure.py ``paired_speed_up``); bench/report.py
+shows it. The CPU subset (``-k cpu``)
 runs these; there is no CUDA row (ST-TR trains in bf16 on GPUs anyway: bench/bench_model.py).
 
     python -m pytest bench/bench_training.py --benchmark-only --benchmark-json out.json
@@ -50,7 +51,8 @@ def bench_training(benchmark, case):
         return training_step(placed, labels, optimizer, amp == "bf16")
 
     step = step_of("bf16" if precision == "bf16 autocast" else "none")
-    paired = {"paired_speed_up": paired_speed_up(step_of("none"), step, x)} if precision != "fp32" else {}
+    paired = ({"paired_speed_up": paired_speed_up(step_of("none"), step, x, settle=True)}
+              if precision != "fp32" else {})
     name = {"spatial": "S-TR", "temporal": "T-TR"}[stream]
     group = f"{name}, joints, N={CLIPS} T={FRAMES}, training step [cpu]"
     record(benchmark, step, [x], cpu, group, precision, "training", rounds=5, model=name, **paired)

@@ -182,18 +182,26 @@ def record(benchmark, step, inputs: list, device: torch.device, group: str, impl
     return info
 
 
-def paired_speed_up(baseline, candidate, x, pairs: int = 5) -> float:
+def paired_speed_up(baseline, candidate, x, pairs: int = 5, settle: bool = False) -> float:
     """Median over ``pairs`` of baseline time / candidate time, the two run back to back (after
     one warm-up call each): a shared machine's speed drifts between rows measured a minute apart
-    (runs here saw one row vary by 2x); a pair sees the same machine. CPU only (no synchronise)."""
+    (runs here saw one row vary by 2x); a pair sees the same machine. ``settle``: each timed call
+    follows an untimed one of the same step, as in a loop of one kind (a bf16 training step right
+    after a float32 one refaults the memory glibc trimmed, and took ~30 % longer here). CPU only
+    (no synchronise)."""
     baseline(x), candidate(x)
     ratios = []
     for _ in range(pairs):
+        if settle:
+            baseline(x)
         start = time.perf_counter()
         baseline(x)
-        middle = time.perf_counter()
+        seconds = time.perf_counter() - start
+        if settle:
+            candidate(x)
+        start = time.perf_counter()
         candidate(x)
-        ratios.append((middle - start) / (time.perf_counter() - middle))
+        ratios.append(seconds / (time.perf_counter() - start))
     return statistics.median(ratios)
 
 

@@ -59,16 +59,16 @@ class Dropout(nn.Dropout):
     """``nn.Dropout`` (keep, scaled by 1 / (1 - p), with probability 1 - p) with a cheaper mask on
     the CPU: torch's CPU ``bernoulli_``, which ``F.dropout`` uses, took a fifth of a bf16 S-TR
     training step there, and ``torch.rand`` still costs ~8 ns an element. Here each element
-    takes 15 bits of a 64-bit ``random_`` draw (4 elements a draw, ~2 ns an element; ``random_``
-    fills an int64 with 63 uniform bits) and is kept when they are at least round(p * 2^15): the
-    keep probability is p rounded to a multiple of 2^-15 (exact for ST-TR's 0.5). On other
-    devices ``F.dropout`` itself (fused there)."""
+    takes 15 bits of a 63-bit ``randint`` draw (4 elements a draw, ~2 ns an element; torch.compile
+    traces it, unlike ``random_``) and is kept when they are at least round(p * 2^15): the keep
+    probability is p rounded to a multiple of 2^-15 (exact for ST-TR's 0.5). On other devices
+    ``F.dropout`` itself (fused there)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
         n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_().view(torch.int16)[:n]
+        bits = torch.randint(0, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64).view(torch.int16)[:n]
         keep = (bits & 0x7FFF) >= round(self.p * 2**15)
         # In x's memory layout (channels-last in CPU training): x is dense, so its strides
         # address a buffer of n elements.

@@ -319,3 +319,19 @@ def test_cpu_inference_takes_blocks_that_compute_the_explicit_path_in_qkvs_layou
         plain = getattr(reference, f"{kind}_attention")(low, heads, dk, dv, path="explicit").double()
     exact = explicit(low.double(), None, heads, dk, dv)
     assert (blocked - exact).norm() <= 2 * (plain - exact).norm() + 1e-3 * exact.norm()
+
+
+@pytest.mark.parametrize("length", [25, 75])
+def test_short_half_precision_rows_take_a_float32_softmax_on_the_cpu(length):
+    """reference._probabilities: below CPU_FLOAT32_SOFTMAX_MAX_LENGTH a bf16 softmax on the CPU is
+    computed in float32 and rounded once (faster there, and as CUDA's autocast computes it);
+    longer rows keep torch's bf16 softmax."""
+    generator = torch.Generator().manual_seed(23)
+    q, k = (torch.randn(2, 3, 4, length, 8, generator=generator).bfloat16().requires_grad_() for _ in range(2))
+    probabilities = reference._probabilities(q, k)
+    scores = torch.matmul(q.detach() * 8 ** -0.5, k.detach().transpose(-1, -2))
+    short = length < reference.CPU_FLOAT32_SOFTMAX_MAX_LENGTH
+    expected = torch.softmax(scores.float(), dim=-1).bfloat16() if short else torch.softmax(scores, dim=-1)
+    assert probabilities.dtype == torch.bfloat16 and torch.equal(probabilities.detach(), expected)
+    probabilities.square().sum().backward()
+    assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
