@@ -73,10 +73,6 @@ __global__ void __launch_bounds__(Kernel::kMaxThreads, 1) run_phases(Problem p) 
   typename Kernel::Registers registers;
   if constexpr (Kernel::kPhases > 0) {
     run_fixed_phases<Kernel>(p, ctx, registers, std::make_integer_sequence<int, Kernel::kPhases>{});
-  } else if constexpr (Kernel::kChunkTiles > 0) {
-    // One switch on the element type around all phases, so that each type's loop hoists only its
-    // own invariants.
-    with_typed_data(p.qkv, [&](const auto* qkv) { run_chunked_phases<Kernel>(p, ctx, registers, qkv); });
   } else {
     Kernel::start(p, ctx, registers);
     const int tiles = Kernel::tiles(p);
@@ -89,6 +85,18 @@ __global__ void __launch_bounds__(Kernel::kMaxThreads, 1) run_phases(Problem p) 
   }
 }
 
+// A kernel that stages its keys in chunks (Kernel::kChunkTiles > 0) takes its phases' element
+// type as a template parameter: one kernel per type (the launcher picks it from qkv's dtype), so
+// that a kernel holds no other type's code and runs no type switch.
+template <class Kernel, typename E>
+__global__ void __launch_bounds__(Kernel::kMaxThreads, 1) run_typed_phases(Problem p) {
+  extern __shared__ __align__(16) unsigned char shared[];
+  const BlockContext ctx{blockIdx.x, static_cast<int>(threadIdx.x),
+                         static_cast<int>(blockDim.x), shared};
+  typename Kernel::Registers registers;
+  run_chunked_phases<Kernel>(p, ctx, registers, static_cast<const E*>(p.qkv.data));
+}
+
 __global__ void key_mask_kernel(MaskParams params) {
   materialize_key_mask(params, static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x);
 }
@@ -99,19 +107,47 @@ void check(cudaError_t status, const char* what) {
   }
 }
 
+// Whether a kernel stages its keys in chunks (attention.cuh): one kernel per element type.
+template <class Kernel>
+constexpr bool chunked() {
+  if constexpr (Kernel::kPhases > 0) {
+    return false;
+  } else {
+    return Kernel::kChunkTiles > 0;
+  }
+}
+
 struct DeviceRunner {
   cudaStream_t stream;
+
+  template <class Function>
+  void start(Function* kernel, const Problem& p, const Geometry& g) {
+    if (g.shared_bytes > 48 * 1024) {
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(g.shared_bytes)),
+            "raising the shared-memory limit");
+    }
+    kernel<<<static_cast<unsigned>(g.blocks), g.threads, g.shared_bytes, stream>>>(p);
+    check(cudaGetLastError(), "launch");
+  }
 
   template <class Kernel>
   void run(const Problem& p, const Geometry& g) {
     if (g.blocks == 0) return;
-    if (g.shared_bytes > 48 * 1024) {
-      check(cudaFuncSetAttribute(run_phases<Kernel>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(g.shared_bytes)),
-            "raising the shared-memory limit");
+    if constexpr (chunked<Kernel>()) {
+      switch (p.qkv.dtype) {
+        case Dtype::float16:
+          start(run_typed_phases<Kernel, __half>, p, g);
+          break;
+        case Dtype::bfloat16:
+          start(run_typed_phases<Kernel, __nv_bfloat16>, p, g);
+          break;
+        default:
+          start(run_typed_phases<Kernel, float>, p, g);
+      }
+    } else {
+      start(run_phases<Kernel>, p, g);
     }
-    run_phases<Kernel><<<static_cast<unsigned>(g.blocks), g.threads, g.shared_bytes, stream>>>(p);
-    check(cudaGetLastError(), "launch");
   }
 };
 

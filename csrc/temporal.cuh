@@ -82,6 +82,38 @@ STTR_HD TemporalLayout temporal_layout(int a_columns, int b_columns, int warps) 
 template <typename E>
 STTR_HD E zero_element() { return E(0.0f); }
 
+#if defined(__CUDA_ARCH__)
+STTR_HD uint32_t element_bits(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+STTR_HD uint32_t element_bits(__half x) { return __half_as_ushort(x); }
+#endif
+
+// ``values``, N elements of a row starting on a 16-byte boundary, into ``row``, or zeros where
+// ``keep`` is false: on the device as 16-byte words (one STS.128 each, 16-bit elements packed in
+// pairs), on the host element by element.
+template <int N, typename E>
+STTR_HD void store_row_words(E* row, const E (&values)[N], bool keep) {
+#if defined(__CUDA_ARCH__)
+  static_assert(N * sizeof(E) % 16 == 0, "whole 16-byte words");
+  constexpr int kWords = static_cast<int>(N * sizeof(E) / 4);
+  uint32_t words[kWords];
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) {
+    if constexpr (sizeof(E) == 2) {
+      words[i] = __byte_perm(element_bits(values[2 * i]), element_bits(values[2 * i + 1]), 0x5410);
+    } else {
+      words[i] = __float_as_uint(values[i]);
+    }
+  }
+#pragma unroll
+  for (int w = 0; w < kWords / 4; ++w) {
+    reinterpret_cast<uint4*>(row)[w] = keep ? make_uint4(words[4 * w], words[4 * w + 1], words[4 * w + 2], words[4 * w + 3])
+                                            : make_uint4(0, 0, 0, 0);
+  }
+#else
+  for (int i = 0; i < N; ++i) row[i] = keep ? values[i] : zero_element<E>();
+#endif
+}
+
 template <typename Pointer>
 using ElementOf = std::remove_cv_t<std::remove_pointer_t<Pointer>>;
 
@@ -323,79 +355,66 @@ struct TemporalForward {
   }
   STTR_HD static unsigned char* own(const BlockContext& ctx) { return ctx.shared + ctx.thread / kWarpSize * kWarpBytes; }
 
-  // Channels [first, first + dims) of qkv into columns of ``rows`` (pitch PITCH) for the chunk's
-  // tokens: ``token[j]`` is the lane's token of tile j, ``exists`` whether it is in the sequence.
-  // A token past the sequence reads the last one (``token`` says so) and keeps it when
-  // ``repeat``, else is zero.
-  template <int PITCH, typename E>
-  STTR_HD static void copy_channels(const E* const (&token)[kChunkTiles], const bool (&exists)[kChunkTiles],
-                                    int64_t stride_c, int first, int dims, bool repeat, E* rows,
-                                    const BlockContext& ctx) {
+  // Columns of a row one item of the chunk copy writes: all KA of a key row (dk loaded, the rest
+  // zero), kValueGroup of a value row.
+  static constexpr int kValueGroup = 8;
+  static_assert(KB % kValueGroup == 0, "whole value groups");
+
+  // One operand of the chunk's tiles into ``rows`` (pitch PITCH): items of (tile, group of
+  // COLUMNS columns), a warp per item, its lanes on the tile's 32 tokens; each lane loads the
+  // group's channels of its token (those below CAP and dims; the others are zero) and writes its
+  // row's COLUMNS as 16-byte words. ``data`` points at the operand's first channel of (n', joint).
+  // A token past the sequence reads the last one and keeps it when REPEAT, else is zero. Every
+  // column of the tiles' rows is written, padding included, so nothing is zeroed apart.
+  template <int COLUMNS, int GROUPS, int PITCH, int CAP, bool REPEAT, typename E>
+  STTR_HD static void copy_rows(const E* data, const Strided& x, int dims, int first, int tiles, E* rows,
+                                const Problem& p, const BlockContext& ctx) {
+    const int lane = ctx.thread % kWarpSize, warps = ctx.threads / kWarpSize;
 #pragma unroll 1
-    for (int c = ctx.thread / kWarpSize; c < dims; c += ctx.threads / kWarpSize) {  // cost-model: loop=chunk_channels
-      const int64_t channel = static_cast<int64_t>(first + c) * stride_c;
-      E loaded[kChunkTiles];
+    for (int item = ctx.thread / kWarpSize; item < tiles * GROUPS; item += warps) {  // cost-model: loop=chunk_items
+      const int j = item / GROUPS, g = item - j * GROUPS;
+      const int row = kKeyTile * j + lane, t = first + row;
+      const bool exists = t < p.T;
+      const E* token = data + static_cast<int64_t>(exists ? t : p.T - 1) * x.stride_t +
+                       static_cast<int64_t>(g * COLUMNS) * x.stride_c;
+      E values[COLUMNS];
 #pragma unroll
-      for (int j = 0; j < kChunkTiles; ++j) loaded[j] = load_raw(token[j], channel);
-#pragma unroll
-      for (int j = 0; j < kChunkTiles; ++j) {
-        rows[j * kKeyTile * PITCH + c] = exists[j] || repeat ? loaded[j] : zero_element<E>();
+      for (int c = 0; c < COLUMNS; ++c) {
+        values[c] = zero_element<E>();
+        if (c < CAP && (GROUPS == 1 || g * COLUMNS + c < CAP) && live<EXACT>(g * COLUMNS + c, dims)) {
+          values[c] = load_raw(token, static_cast<int64_t>(c) * x.stride_c);
+        }
       }
+      store_row_words<COLUMNS>(rows + row * PITCH + g * COLUMNS, values, REPEAT || exists);
     }
   }
 
-  // Keys [kKeyChunk·chunk, kKeyChunk·(chunk + 1)) into the chunk buffer, and their mask values.
-  // Keys past the sequence repeat the last key's k (their v, mask and mask plus 1e-8 are zero),
-  // so that a tile's maximum score is that of its keys in the sequence without a select per score.
+  // Keys [kKeyChunk·chunk, kKeyChunk·(chunk + 1)) of the sequence into the chunk buffer (the tiles
+  // that exist), and their mask values. Keys past the sequence repeat the last key's k (their v,
+  // mask and mask plus 1e-8 are zero), so that a tile's maximum score is that of its keys in the
+  // sequence without a select per score.
   template <typename E>
   STTR_HD static void load_chunk(const Problem& p, const Registers& r, const Place& at, int chunk,
                                  const BlockContext& ctx, const E* qkv) {
-    const int lane = ctx.thread % kWarpSize;
     const int dk = head_dims<DK, EXACT>(p.dkh), dv = head_dims<DV, EXACT>(p.dvh);
     const int first = chunk * kKeyChunk;
+    const int left = temporal_tiles(p) - chunk * kChunkTiles, tiles = left < kChunkTiles ? left : kChunkTiles;
     unsigned char* buffer = chunk_buffer(ctx);
-    const E* token[kChunkTiles];
-    bool exists[kChunkTiles];
-#pragma unroll
-    for (int j = 0; j < kChunkTiles; ++j) {
-      const int t = first + kKeyTile * j + lane;
-      exists[j] = t < p.T;
-      token[j] = qkv + at.offset(p.qkv) + static_cast<int64_t>(exists[j] ? t : p.T - 1) * p.qkv.stride_t;
-    }
-    copy_channels<PA>(token, exists, p.qkv.stride_c, (p.H + r.head) * dk, dk, true,  // cost-model: dims=dk
-                      reinterpret_cast<E*>(buffer + kKeys) + lane * PA, ctx);
-    copy_channels<PB>(token, exists, p.qkv.stride_c, 2 * p.H * dk + r.head * dv, dv, false,  // cost-model: dims=dv
-                      reinterpret_cast<E*>(buffer + kValues) + lane * PB, ctx);
+    const E* sequence = qkv + at.offset(p.qkv);
+    copy_rows<KA, 1, PA, DK, true>(sequence + static_cast<int64_t>((p.H + r.head) * dk) * p.qkv.stride_c,  // cost-model: dims=dk
+                                   p.qkv, dk, first, tiles, reinterpret_cast<E*>(buffer + kKeys), p, ctx);
+    copy_rows<kValueGroup, KB / kValueGroup, PB, DV, false>(  // cost-model: dims=dv
+        sequence + static_cast<int64_t>(2 * p.H * dk + r.head * dv) * p.qkv.stride_c, p.qkv, dv, first, tiles,
+        reinterpret_cast<E*>(buffer + kValues), p, ctx);
     A* mask = reinterpret_cast<A*>(buffer + kMask);
     A* mask_eps = reinterpret_cast<A*>(buffer + kMaskEps);
     const A eps = drop_eps<A>(p);
 #pragma unroll 1
-    for (int row = ctx.thread; row < kKeyChunk; row += ctx.threads) {  // cost-model: loop=chunk_rows
+    for (int row = ctx.thread; row < tiles * kKeyTile; row += ctx.threads) {  // cost-model: loop=chunk_rows
       const bool in_sequence = first + row < p.T;
       const A m = !in_sequence ? A(0) : p.keep ? A(p.keep[at.flat_base + first + row] ? 1 : 0) : A(1);
       mask[row] = m;
       mask_eps[row] = in_sequence ? m + eps : A(0);
-    }
-  }
-
-  // Zeroes the padding columns (dk .. KA, dv .. KB) of the chunk buffer once: the copies never
-  // write them.
-  template <typename E>
-  STTR_HD static void zero_padding(const Problem& p, const BlockContext& ctx) {
-    const int dk = head_dims<DK, EXACT>(p.dkh), dv = head_dims<DV, EXACT>(p.dvh);
-    unsigned char* buffer = chunk_buffer(ctx);
-#pragma unroll 1
-    for (int row = ctx.thread; row < kKeyChunk; row += ctx.threads) {  // cost-model: loop=pad_rows
-      E* key = reinterpret_cast<E*>(buffer + kKeys) + row * PA;
-      E* value = reinterpret_cast<E*>(buffer + kValues) + row * PB;
-#pragma unroll
-      for (int c = 0; c < KA; ++c) {
-        if (c >= dk) key[c] = zero_element<E>();
-      }
-#pragma unroll
-      for (int c = 0; c < KB; ++c) {
-        if (c >= dv) value[c] = zero_element<E>();
-      }
     }
   }
 
@@ -428,7 +447,6 @@ struct TemporalForward {
     r.head = b.head;
     r.row0 = static_cast<int>(b.row0);
     const Place at{b.n, b.joint, b.flat_index(p, 0)};
-    zero_padding<E>(p, ctx);
     if (r.row0 < p.T) stage_queries(p, r, at, ctx, qkv);
     load_chunk(p, r, at, 0, ctx, qkv);
     zero_fragments(r.acc);

@@ -168,17 +168,25 @@ def resources(report: str) -> dict[str, dict]:
     return found
 
 
+# The element type as Itanium mangling spells it in a typed entry (run_typed_phases<Kernel, E>).
+MANGLED_ELEMENTS = {"fp16": "6__half", "bf16": "13__nv_bfloat16", "fp32": "f"}
+
+
 def function_name(names, kernel_struct: str, dk: int | None = None, dv: int | None = None,
-                  exact: bool | None = None) -> str:
-    """The mangled entry of ``kernel_struct`` (run_phases<Kernel<float, dk, dv, exact>>), or of the
-    key-mask kernel."""
+                  exact: bool | None = None, dtype: str | None = None) -> str:
+    """The mangled entry of ``kernel_struct`` (run_phases<Kernel<float, dk, dv, exact>>, or the
+    element type's run_typed_phases<Kernel<...>, E> where the launcher has one kernel per element
+    type: csrc/cuda_launch.cu), or of the key-mask kernel."""
     if kernel_struct == "key_mask":
         pattern = re.compile(r"key_mask_kernel")
     else:
         pattern = re.compile(rf"\d{kernel_struct}IfLi{dk}ELi{dv}ELb{int(exact)}E")
     found = [name for name in names if pattern.search(name)]
+    if len(found) > 1 and dtype in MANGLED_ELEMENTS:
+        typed = re.compile(rf"\d{kernel_struct}IfLi{dk}ELi{dv}ELb{int(exact)}EEE{MANGLED_ELEMENTS[dtype]}E")
+        found = [name for name in found if typed.search(name)]
     if len(found) != 1:
-        raise LookupError(f"{len(found)} entry functions match {kernel_struct} {dk}/{dv} exact={exact}")
+        raise LookupError(f"{len(found)} entry functions match {kernel_struct} {dk}/{dv} exact={exact} {dtype or ''}")
     return found[0]
 
 
@@ -440,7 +448,17 @@ def trips_per_entry(loop: Loop, launch: dict, layer_tokens: int, layer_joints: i
     if loop.name == "chunk_channels":  # for (c = warp; c < dims; c += warps)
         channels = dims[loop.dims]
         return sum(-(-(channels - w) // warps) for w in range(min(warps, channels))) / warps
-    if loop.name == "chunk_rows" or loop.name == "pad_rows":  # for (row = thread; row < chunk; row += threads)
+    # The tiles a chunk copy stages: the first chunk's, or (in the key_chunks loop) a later one's on average.
+    staged = ((launch["tiles"] - first) / (key_chunks(launch) - 1) if loop.parent is not None and key_chunks(launch) > 1
+              else first) if launch.get("chunk_tiles") else 1
+    if loop.name == "chunk_items":  # for (item = warp; item < tiles * groups; item += warps)
+        # Groups of a tile row per item: a key row whole, a value row in groups of 8 columns.
+        items = math.ceil(staged * (1 if loop.dims == "dk" else padded["dv"] // 8))
+        return sum(-(-(items - w) // warps) for w in range(min(warps, items))) / warps
+    if loop.name == "chunk_rows":  # for (row = thread; row < tiles * key_tile; row += threads)
+        rows = math.ceil(staged * key_tile)
+        return _per_warp_mean(warps, lambda t: math.ceil((rows - t) / threads) if t < rows else 0)
+    if loop.name == "pad_rows":  # for (row = thread; row < chunk; row += threads)
         return _per_warp_mean(warps, lambda t: math.ceil((chunk - t) / threads) if t < chunk else 0)
     if loop.name == "stage_rows":  # a warp's 16 rows of the padded columns, 32 lanes, batch per trip
         return 16 * padded[loop.dims] / (32 * batch)
@@ -575,7 +593,7 @@ def rows(planned: list[tuple], device, layout: str = "module", progress=None) ->
         op, struct = KERNELS[kernel]
         launch = _launch(kernel, layer)
         wanted[(kernel, layer, dtype, drop)] = (launch, function_name(usage, struct, launch.get("dk"),
-                                                                       launch.get("dv"), launch.get("exact")))
+                                                                       launch.get("dv"), launch.get("exact"), dtype))
     if progress:
         progress(f"cuda: disassembling {len({f for _, f in wanted.values()})} kernels (sm_{device.arch})")
     code = disassemble(build.cubin, {f for _, f in wanted.values()})

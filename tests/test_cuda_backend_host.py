@@ -47,6 +47,7 @@ TEMPORAL_SHAPES = [
     (1, 1, 3, 2, 4, 8),      # one frame: one key, many all-dropped rows at p=0.5
     (2, 7, 2, 3, 1, 3),      # one partial tile; dk per head 1
     (1, 301, 1, 1, 16, 5),   # past 256 frames: two blocks of 160 queries per sequence
+    (1, 200, 1, 1, 4, 16),   # two key chunks, the second of two tiles (after a chunk of five)
     (2, 20, 3, 2, 5, 7),     # several joints and persons: sequence offsets through the V stride
 ]
 SHAPES = {"spatial": SPATIAL_SHAPES, "temporal": TEMPORAL_SHAPES}

@@ -19,7 +19,10 @@ KERNELS = ("SpatialForward", "SpatialBackward", "TemporalForward", "TemporalBack
 # (dk per head, dv per head, exact): ST-TR's head splits and the generic instantiation (csrc/dispatch.h).
 INSTANTIATIONS = ((4, 16, True), (8, 32, True), (16, 64, True), (16, 64, False))
 ENTRY = re.compile(r"Compiling entry function '(\w+)' for 'sm_(\d+)'")
-INSTANTIATION = re.compile(r"(" + "|".join(KERNELS) + r")IfLi(\d+)ELi(\d+)ELb([01])E")
+INSTANTIATION = re.compile(r"(" + "|".join(KERNELS) + r")IfLi(\d+)ELi(\d+)ELb([01])EE(?:E(6__half|13__nv_bfloat16|f)E)?")
+# Kernels compiled once per element type (csrc/cuda_launch.cu, run_typed_phases): the forward,
+# which stages its keys in chunks; the others switch on the type inside.
+TYPED_KERNELS = {"TemporalForward": ("6__half", "13__nv_bfloat16", "f")}
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +47,16 @@ def instantiation(name: str) -> tuple | None:
     match = INSTANTIATION.search(name)
     if match is None:
         return None
-    kernel, dk, dv, exact = match.groups()
-    return kernel, int(dk), int(dv), exact == "1"
+    kernel, dk, dv, exact, element = match.groups()
+    return kernel, int(dk), int(dv), exact == "1", element
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nvcc_compiles_every_instantiation_once(ptxas_reports, arch):
     names = kernel_reports(ptxas_reports[arch])
     compiled = {instantiation(name) for name in names} - {None}
-    expected = {(kernel, *dims) for kernel in KERNELS for dims in INSTANTIATIONS}
+    expected = {(kernel, *dims, element) for kernel in KERNELS for dims in INSTANTIATIONS
+                for element in TYPED_KERNELS.get(kernel, (None,))}
     assert compiled == expected
     assert len(names) == len(expected) + 1  # and the key-mask kernel
     assert any("key_mask_kernel" in name for name in names)
