@@ -25,19 +25,9 @@ __device__ __forceinline__ void run_fixed_phases(const Problem& p, const BlockCo
 // Keys staged in chunks (attention.cuh, run_phase): the first chunk's tiles, then per later chunk
 // its phase and its tiles, in a loop of their own, so that a one-chunk sequence (ST-TR's lengths)
 // runs none of the later chunks' code.
-// The thread index through an opaque move: what a type's phases derive from it (fragment and
-// copy addresses) stays in that type's branch of the switch, which nvcc otherwise hoists above it
-// for all three types at once.
-__device__ __forceinline__ int opaque(int x) {
-  int y;
-  asm volatile("mov.b32 %0, %1;" : "=r"(y) : "r"(x));
-  return y;
-}
-
 template <class Kernel, typename E>
-__device__ __forceinline__ void run_chunked_phases(const Problem& p, const BlockContext& block_ctx,
+__device__ __forceinline__ void run_chunked_phases(const Problem& p, const BlockContext& ctx,
                                                    typename Kernel::Registers& registers, const E* qkv) {
-  const BlockContext ctx{block_ctx.block, opaque(block_ctx.thread), block_ctx.threads, block_ctx.shared};
   Kernel::start(p, ctx, registers, qkv);
   const int tiles = Kernel::tiles(p), first = min(tiles, Kernel::kChunkTiles);
 #pragma unroll 1

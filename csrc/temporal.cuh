@@ -330,10 +330,10 @@ struct TemporalForward {
   struct Registers {
     FragC<A> acc[NV];
     A row_max[2], denominator[2];  // rows g and g + 8
-    // The block's sequence (n'·V + joint) and head, derived from the block index (divisions) in
-    // the start phase; offsets are derived from them where needed (more values held across the
-    // tiles spilled at 16/64).
-    uint32_t sequence;
+    // The block's sequence (n'·V + joint), its n' and joint, and head, derived from the block
+    // index (divisions) in the start phase, so that the finish phase divides nothing; offsets are
+    // derived from them where needed (64-bit offsets held across the tiles spilled at 16/64).
+    uint32_t sequence, n, joint;
     int head, row0;  // row0: the warp's first query
   };
   struct Place {
@@ -341,8 +341,7 @@ struct TemporalForward {
     STTR_HD int64_t offset(const Strided& x) const { return n * x.stride_n + joint * x.stride_v; }
   };
   STTR_HD static Place place(const Problem& p, const Registers& r) {
-    const uint32_t n = r.sequence / static_cast<uint32_t>(p.V);
-    return {n, r.sequence - static_cast<int64_t>(n) * p.V, (static_cast<int64_t>(r.sequence) * p.H + r.head) * p.T};
+    return {r.n, r.joint, (static_cast<int64_t>(r.sequence) * p.H + r.head) * p.T};
   }
   static constexpr int kMaxThreads = kTemporalThreads;
   static constexpr int kPhases = 0;  // start, one per key tile (and per later key chunk), finish
@@ -444,6 +443,8 @@ struct TemporalForward {
   STTR_HD static void start(const Problem& p, const BlockContext& ctx, Registers& r, const E* qkv) {
     const Block b(p, ctx);
     r.sequence = static_cast<uint32_t>(b.sequence);
+    r.n = static_cast<uint32_t>(b.n);
+    r.joint = static_cast<uint32_t>(b.joint);
     r.head = b.head;
     r.row0 = static_cast<int>(b.row0);
     const Place at{b.n, b.joint, b.flat_index(p, 0)};
