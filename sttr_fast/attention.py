@@ -8,6 +8,7 @@ from torch import nn
 
 from . import ops
 from .checks import check_input, check_integer, check_probability
+from .ops.custom_ops import is_channels_last
 
 
 def joint_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
@@ -20,26 +21,53 @@ def joint_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
     return bn(x.transpose(2, 3).reshape(n, c * v, t)).view(n, c, v, t)
 
 
+def _channels_last_joint_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """``joint_batch_norm`` for channels-last x, without a copy and in x's layout: its memory,
+    (N', T, V, C), is a channels-last (N', V*C, T, 1) tensor whose features are the (v, c) pairs,
+    so a BatchNorm over that view with the parameters and running statistics reordered from
+    c*V + v to v*C + c normalises the same groups. nn.BatchNorm's own rules (momentum or the
+    cumulative average, running statistics or batch statistics) decide as in ``bn(...)``; the
+    reordered running statistics are written back after the update."""
+    n, c, t, v = x.shape
+    features = x.permute(0, 3, 1, 2).reshape(n, v * c, t, 1)  # a view: x is channels-last
+
+    def by_joint(parameter):
+        return None if parameter is None else parameter.view(c, v).t().reshape(-1)
+
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    batch_statistics = bn.training or bn.running_mean is None
+    tracked = bn.running_mean is not None and (not bn.training or bn.track_running_stats)
+    running_mean, running_var = (by_joint(bn.running_mean), by_joint(bn.running_var)) if tracked else (None, None)
+    normalised = F.batch_norm(features, running_mean, running_var, by_joint(bn.weight),
+                              by_joint(bn.bias), batch_statistics, factor, bn.eps)
+    if tracked and batch_statistics:
+        with torch.no_grad():
+            bn.running_mean.view(c, v).copy_(running_mean.view(v, c).t())
+            bn.running_var.view(c, v).copy_(running_var.view(v, c).t())
+    return normalised.view(n, v, c, t).permute(0, 2, 3, 1)
+
+
 def project_qkv(bn: nn.BatchNorm1d, qkv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """The qkv projection of the joint-normalised input, as the attention core takes it:
     (N', C, T, V) -> (N', 2*dk + dv, T / stride, V).
 
-    Channels-last input in eval mode (fast CPU inference, sttr_fast/inference.py) stays in its
-    layout: the BatchNorm, then a fixed affine map per (channel, joint), is applied in place of
-    the transposes, and the projection runs over (T, V) with its kernel and stride transposed,
-    writing the channels-last (N', C, T, V) output the core reads. Elsewhere the (N', C, V, T)
-    layout of ``joint_batch_norm``, whose transposed projection output has frames unit-stride
-    (what the fused temporal kernels read best)."""
-    if bn.training or not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+    Channels-last input (CPU bf16 training and fast CPU inference: sttr_fast/train/engine.py
+    place_model, sttr_fast/inference.py) stays channels-last throughout: the BatchNorm runs over
+    a view of it (``_channels_last_joint_batch_norm``) and the projection over (T, V) with its
+    kernel and stride transposed, writing the channels-last (N', C, T, V) output the core reads.
+    Elsewhere the (N', C, V, T) layout of ``joint_batch_norm``, whose transposed projection output
+    has frames unit-stride (what the fused temporal kernels read best)."""
+    if not is_channels_last(x):
         return qkv(joint_batch_norm(bn, x)).transpose(2, 3)
-    n, c, t, v = x.shape
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    shift = bn.bias - bn.running_mean * scale
-    # Channels-last memory is a (N'*T, V*C) matrix: one pass with a broadcast row, in (v, c) order.
-    rows = x.permute(0, 2, 3, 1).reshape(n * t, v * c)
-    normalised = torch.addcmul(shift.view(c, v).t().reshape(-1), rows, scale.view(c, v).t().reshape(-1))
-    normalised = normalised.view(n, t, v, c).permute(0, 3, 1, 2)
-    return F.conv2d(normalised, qkv.weight.transpose(2, 3), qkv.bias, stride=qkv.stride[::-1])
+    normalised = _channels_last_joint_batch_norm(bn, x)
+    # A contiguous copy of the small transposed kernel: torch's float64 convolution takes no other
+    # for its weight gradient, oneDNN's reorders it anyway.
+    weight = qkv.weight.transpose(2, 3).contiguous()
+    return F.conv2d(normalised, weight, qkv.bias, stride=qkv.stride[::-1])
 
 
 class ProjectionShortcut(nn.Module):

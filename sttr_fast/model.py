@@ -11,6 +11,7 @@ from .attention import (ProjectionShortcut, SpatialSelfAttention, TemporalSelfAt
                         head_split_fits)
 from .checks import check_input, check_integer, check_probability
 from .graph import DEFAULT_GRAPH, Graph, graph_from_config
+from .ops.custom_ops import is_channels_last
 
 STREAMS = ("spatial", "temporal")
 
@@ -30,7 +31,7 @@ class GraphConvolution(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         subsets = (self.adjacency * self.mask).to(x.dtype)
         bias = torch.stack([conv.bias for conv in self.convs]).sum(0)
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if x.dim() == 4 and is_channels_last(x):
             return F.relu(self.bn(self._channels_last_mix(x, subsets) + bias.view(-1, 1, 1)))
         # sum_k W_k (x A_k) + b_k as one convolution over the K stacked products; the broadcast
         # matmul writes (N, K, C, T, V) directly, so flattening K and C is free.
@@ -206,9 +207,7 @@ class STTR(nn.Module):
         """``torch.channels_last`` once the weights are (``model.to(memory_format=...)``), else
         ``torch.contiguous_format``; read from the stem's (9, 1) temporal kernel, whose two
         layouts differ (a 1x1 kernel is both)."""
-        weight = self.stem.temporal.conv.weight
-        channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-        return torch.channels_last if channels_last else torch.contiguous_format
+        return torch.channels_last if is_channels_last(self.stem.temporal.conv.weight) else torch.contiguous_format
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, "NCTVM", {1: self.in_channels, 3: self.num_point, 4: self.num_person})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sttr_fast
-from sttr_fast import STTR, Graph
+from sttr_fast import STTR, Graph, SpatialSelfAttention, TemporalSelfAttention
 from spec_forward import sttr_forward
 
 # (stream, in_channels, base_channels) -> the authors' parameter count (docs/network.md §3),
@@ -106,7 +106,8 @@ def test_channels_last_training_step_is_the_same_step(stream):
     """bf16 CPU training runs channels-last (sttr_fast/train/engine.py place_model): every unit then
     gets channels-last activations, the concatenation before unit 3 included, and the training
     step — output, running statistics, every gradient, DropAttention's masks drawn from one
-    seed — is the NCHW model's (float64)."""
+    seed — is the NCHW model's (float64). The attention units stay channels-last inside: their
+    joint BatchNorm runs over a view, their cores return channels-last outputs."""
     generator = torch.Generator().manual_seed(5)
     nchw = STTR(num_classes=5, stream=stream, base_channels=16, dropout=0.0).double().train()
     with torch.no_grad():
@@ -118,6 +119,11 @@ def test_channels_last_training_step_is_the_same_step(stream):
     for unit in channels_last.units:
         unit.register_forward_pre_hook(lambda _, inputs: unit_inputs.append(
             inputs[0].is_contiguous(memory_format=torch.channels_last) and not inputs[0].is_contiguous()))
+    core_outputs = []
+    for module in channels_last.modules():
+        if isinstance(module, (SpatialSelfAttention, TemporalSelfAttention)):
+            module.out_proj.register_forward_pre_hook(lambda _, inputs: core_outputs.append(
+                inputs[0].is_contiguous(memory_format=torch.channels_last) and not inputs[0].is_contiguous()))
     x = torch.randn(2, 3, 12, 25, 2, generator=generator, dtype=torch.float64)
     outputs = []
     for model in (nchw, channels_last):
@@ -126,6 +132,7 @@ def test_channels_last_training_step_is_the_same_step(stream):
         (out * torch.arange(5, dtype=torch.float64)).sum().backward()
         outputs.append(out)
     assert unit_inputs == [True] * len(channels_last.units)
+    assert core_outputs == [True] * 6
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-10, atol=1e-10)
     for (name, a), b in zip(nchw.named_parameters(), channels_last.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-10, msg=name)

@@ -335,3 +335,39 @@ def test_short_half_precision_rows_take_a_float32_softmax_on_the_cpu(length):
     assert probabilities.dtype == torch.bfloat16 and torch.equal(probabilities.detach(), expected)
     probabilities.square().sum().backward()
     assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+@pytest.mark.parametrize("track", [True, False], ids=["tracked", "untracked"])
+def test_channels_last_joint_batch_norm_is_the_modules(momentum, track):
+    """Channels-last input takes the joint BatchNorm over a view with reordered parameters
+    (sttr_fast/attention.py): output, gradients, running statistics and the batch count are what
+    BatchNorm1d over (N', C*V, T) gives, in training (two steps) and in eval, and the output stays
+    channels-last."""
+    from sttr_fast.attention import _channels_last_joint_batch_norm, joint_batch_norm
+    generator = torch.Generator().manual_seed(8)
+    c, v = 3, 5
+    modules = [torch.nn.BatchNorm1d(c * v, momentum=momentum, track_running_stats=track).double()
+               for _ in range(2)]
+    with torch.no_grad():
+        for parameter in modules[0].parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
+    modules[1].load_state_dict(modules[0].state_dict())
+    for training in (True, True, False):
+        for module in modules:
+            module.train(training)
+        x = torch.randn(2, c, 4, v, generator=generator, dtype=torch.float64)
+        reference_input = x.clone().requires_grad_()
+        fast_input = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        expected = joint_batch_norm(modules[0], reference_input).transpose(2, 3)
+        out = _channels_last_joint_batch_norm(modules[1], fast_input)
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        weights = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        (expected * weights).sum().backward()
+        (out * weights).sum().backward()
+        torch.testing.assert_close(fast_input.grad, reference_input.grad, rtol=1e-12, atol=1e-12)
+        for (name, a), b in zip(modules[0].named_parameters(), modules[1].parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-12, atol=1e-12, msg=name)
+        for (name, a), b in zip(modules[0].named_buffers(), modules[1].buffers()):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=0, msg=name)

@@ -26,6 +26,12 @@ def new_rng_state(device: torch.device) -> torch.Tensor:
     return torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64, device=device)
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether a 4-D tensor is laid out channels-last (and not also contiguous, as size-1 dims
+    can make it): the CPU's bf16 training and fast inference run the network so."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def layout_like(qkv: torch.Tensor, channels: int, dtype: torch.dtype, allocate) -> torch.Tensor:
     """A (N', channels, T, V) buffer in qkv's stride order, so that the 1x1 convolutions around the
     core receive the output and return qkv's gradient in the layout they work in, without a copy

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .custom_ops import empty, layout_like
+from .custom_ops import empty, is_channels_last, layout_like
 
 # The renormalisation epsilon of ST-TR's DropAttention (docs/network.md §8); part of the function,
 # not a guard.
@@ -195,11 +195,15 @@ def _split_heads(out: torch.Tensor, num_heads: int, order: tuple[int, ...]) -> t
     return out.view(n, num_heads, channels // num_heads, t, v).permute(order)
 
 
-def _merge_heads(out: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
-    """(N', sequence, H, L, dvh) back to the head-concatenated (N', H*dvh, T, V)."""
+def _merge_heads(out: torch.Tensor, order: tuple[int, ...], channels_last: bool) -> torch.Tensor:
+    """(N', sequence, H, L, dvh) back to the head-concatenated (N', H*dvh, T, V), channels-last
+    if asked (the layout of a channels-last qkv, so that the output projection, the residual and
+    the BatchNorm after the core stay in it)."""
     inverse = tuple(order.index(axis) for axis in range(5))
     merged = out.permute(inverse)  # (N', H, dvh, T, V)
     n, h, d, t, v = merged.shape
+    if channels_last:
+        return merged.permute(0, 3, 4, 1, 2).reshape(n, t, v, h * d).permute(0, 3, 1, 2)
     return merged.reshape(n, h * d, t, v)
 
 
@@ -207,7 +211,7 @@ def _core(qkv, num_heads, dk, dv, key_mask, path, order):
     q, k, v = _head_views(qkv, num_heads, dk, dv, order)
     if _records is not None:
         kind = "spatial" if order == _SPATIAL_ORDER else "temporal"
-        return _merge_heads(_attend_recorded(q, k, v, key_mask, kind), order)
+        return _merge_heads(_attend_recorded(q, k, v, key_mask, kind), order, is_channels_last(qkv))
     if path is None:
         path = default_path(qkv.device, q.shape[-2], key_mask is not None,
                             torch.is_grad_enabled() and qkv.requires_grad)
@@ -220,7 +224,7 @@ def _core(qkv, num_heads, dk, dv, key_mask, path, order):
         out = layout_like(qkv, dv, qkv.dtype, empty)
         _attend_blocked(q, k, v, _split_heads(out, num_heads, order))
         return out
-    return _merge_heads(_attend(q, k, v, key_mask, path == "sdpa"), order)
+    return _merge_heads(_attend(q, k, v, key_mask, path == "sdpa"), order, is_channels_last(qkv))
 
 
 def spatial_attention(qkv, num_heads, dk, dv, key_mask=None, path=None):
