@@ -64,14 +64,14 @@ def drop_attention(probs: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
     dropped becomes exactly zero.
     """
     kept = probs * key_mask.unsqueeze(-2).to(probs.dtype)
-    return (kept / _renormaliser(kept)).to(probs.dtype)
-
-
-def _renormaliser(kept: torch.Tensor) -> torch.Tensor:
-    """rowsum(kept) + 1e-8 in at least float32: in float16 the 1e-8 would round to 0 and turn a
-    row whose keys are all dropped into 0 / 0."""
     accumulate = torch.promote_types(kept.dtype, torch.float32)
-    return kept.sum(dim=-1, keepdim=True, dtype=accumulate) + DROP_ATTENTION_EPS
+    return (kept / _renormaliser(kept.sum(dim=-1, keepdim=True, dtype=accumulate))).to(probs.dtype)
+
+
+def _renormaliser(row_sums: torch.Tensor) -> torch.Tensor:
+    """The kept probabilities' row sums + 1e-8, in at least float32: in float16 the 1e-8 would
+    round to 0 and turn a row whose keys are all dropped into 0 / 0."""
+    return row_sums.to(torch.promote_types(row_sums.dtype, torch.float32)) + DROP_ATTENTION_EPS
 
 
 def sample_key_mask(shape: tuple[int, ...], p: float, device: torch.device,
@@ -144,10 +144,13 @@ def _attend(q, k, v, key_mask, use_sdpa: bool):
     probs = _probabilities(q, k)
     if key_mask is None:
         return torch.matmul(probs, v)
-    # drop_attention(probs, key_mask) @ v, with the row normalisation moved past the product so
-    # that it divides L x d values instead of L x L.
-    kept = probs * key_mask.unsqueeze(-2).to(probs.dtype)
-    return (torch.matmul(kept, v) / _renormaliser(kept)).to(v.dtype)
+    # drop_attention(probs, key_mask) @ v without an L x L masked copy: the mask m is one per key,
+    # so (P * m) V = P (m v) and rowsum(P * m) = P m, and one product with [m v | m] gives the
+    # numerator and the renormaliser, which then divides L x d values. (Under autocast the
+    # renormaliser comes out of that product in the autocast dtype.)
+    mask = key_mask.unsqueeze(-1).to(v.dtype)
+    weighted = torch.matmul(probs, torch.cat((v * mask, mask), dim=-1))
+    return (weighted[..., :-1] / _renormaliser(weighted[..., -1:])).to(v.dtype)
 
 
 def _attend_blocked(q, k, v, out) -> None:
