@@ -32,7 +32,10 @@ class GraphConvolution(nn.Module):
         subsets = (self.adjacency * self.mask).to(x.dtype)
         bias = torch.stack([conv.bias for conv in self.convs]).sum(0)
         if x.dim() == 4 and is_channels_last(x):
-            return F.relu(self.bn(self._channels_last_mix(x, subsets) + bias.view(-1, 1, 1)))
+            mixed = self._channels_last_mix(x, subsets)
+            # The bias in the product's dtype: under autocast a float32 bias would promote the
+            # sum, and with it the BatchNorm, ReLU and their backward, to float32.
+            return F.relu(self.bn(mixed + bias.to(mixed.dtype).view(-1, 1, 1)))
         # sum_k W_k (x A_k) + b_k as one convolution over the K stacked products; the broadcast
         # matmul writes (N, K, C, T, V) directly, so flattening K and C is free.
         mixed = torch.matmul(x.unsqueeze(1), subsets.unsqueeze(1)).flatten(1, 2)
