@@ -374,15 +374,19 @@ struct TemporalForward {
       const int j = item / GROUPS, g = item - j * GROUPS;
       const int row = kKeyTile * j + lane, t = first + row;
       const bool exists = t < p.T;
-      const E* token = data + static_cast<int64_t>(exists ? t : p.T - 1) * x.stride_t +
-                       static_cast<int64_t>(g * COLUMNS) * x.stride_c;
+      // The channels through a pointer stepped by the channel stride in bytes: two additions per
+      // load rather than a 64-bit product.
+      const unsigned char* channel = reinterpret_cast<const unsigned char*>(
+          data + static_cast<int64_t>(exists ? t : p.T - 1) * x.stride_t + static_cast<int64_t>(g * COLUMNS) * x.stride_c);
+      const int64_t step = x.stride_c * static_cast<int64_t>(sizeof(E));
       E values[COLUMNS];
 #pragma unroll
       for (int c = 0; c < COLUMNS; ++c) {
         values[c] = zero_element<E>();
         if (c < CAP && (GROUPS == 1 || g * COLUMNS + c < CAP) && live<EXACT>(g * COLUMNS + c, dims)) {
-          values[c] = load_raw(token, static_cast<int64_t>(c) * x.stride_c);
+          values[c] = load_raw(reinterpret_cast<const E*>(channel), 0);
         }
+        channel += step;
       }
       store_row_words<COLUMNS>(rows + row * PITCH + g * COLUMNS, values, REPEAT || exists);
     }
@@ -418,23 +422,27 @@ struct TemporalForward {
   }
 
   // The warp's 16 query rows, padded with zero columns (and zero rows past the sequence): lane l
-  // takes row l % 16 and every other column from l / 16.
+  // takes row l / 2 and its 8 columns from 8·(l % 2), loaded through a pointer stepped by the
+  // channel stride and written as 16-byte words.
   template <typename E>
   STTR_HD static void stage_queries(const Problem& p, const Registers& r, const Place& at, const BlockContext& ctx,
                                     const E* qkv) {
-    const int lane = ctx.thread % kWarpSize, row = lane % kWarpRows, parity = lane / kWarpRows;
+    constexpr int kColumns = KA / 2;
+    const int lane = ctx.thread % kWarpSize, row = lane / 2, group = lane % 2;
     const int dk = head_dims<DK, EXACT>(p.dkh);
     const bool exists = r.row0 + row < p.T;
-    const E* query = qkv + at.offset(p.qkv) + static_cast<int64_t>(exists ? r.row0 + row : r.row0) * p.qkv.stride_t +
-                     static_cast<int64_t>(r.head * dk) * p.qkv.stride_c;
-    E* own_row = reinterpret_cast<E*>(own(ctx) + kOwnQ) + row * PA;
+    const unsigned char* channel = reinterpret_cast<const unsigned char*>(
+        qkv + at.offset(p.qkv) + static_cast<int64_t>(exists ? r.row0 + row : r.row0) * p.qkv.stride_t +
+        static_cast<int64_t>(r.head * dk + kColumns * group) * p.qkv.stride_c);
+    const int64_t step = p.qkv.stride_c * static_cast<int64_t>(sizeof(E));
+    E values[kColumns];
 #pragma unroll
-    for (int i = 0; i < KA / 2; ++i) {
-      const int c = 2 * i + parity;
-      E value = zero_element<E>();
-      if (2 * i < dk && c < dk && exists) value = load_raw(query, c * p.qkv.stride_c);
-      own_row[c] = value;
+    for (int c = 0; c < kColumns; ++c) {
+      values[c] = zero_element<E>();
+      if (c < DK && kColumns * group + c < dk) values[c] = load_raw(reinterpret_cast<const E*>(channel), 0);
+      channel += step;
     }
+    store_row_words<kColumns>(reinterpret_cast<E*>(own(ctx) + kOwnQ) + row * PA + kColumns * group, values, exists);
   }
 
   // The phases take qkv typed: the launcher switches on the element type once, outside the
@@ -601,13 +609,18 @@ struct TemporalForward {
         if (lane % 4 == 0) {
           static_cast<A*>(p.stats)[at.flat_base + token] = r.row_max[half] * A(p.scale) + log_acc(denominator[half]);
         }
-        E* row = out + static_cast<int64_t>(token) * p.out.stride_t + static_cast<int64_t>(r.head * dv) * p.out.stride_c;
+        // The lane's channels 8·j + 2·(lane % 4) + e: a pointer stepped by the channel stride in
+        // bytes, two additions per store rather than a 64-bit product.
+        const int first = 2 * (lane % 4);
+        const int64_t step = p.out.stride_c * static_cast<int64_t>(sizeof(E));
+        unsigned char* channel = reinterpret_cast<unsigned char*>(
+            out + static_cast<int64_t>(token) * p.out.stride_t + static_cast<int64_t>(r.head * dv + first) * p.out.stride_c);
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int c = 8 * j + 2 * (lane % 4) + e;
-            if (c < dv) store_typed(row, c * p.out.stride_c, r.acc[j].x[2 * half + e] * inverse);
+            if (8 * j + first + e < dv) store_typed(reinterpret_cast<E*>(channel), 0, r.acc[j].x[2 * half + e] * inverse);
+            channel += e == 0 ? step : 7 * step;
           }
         }
       }

@@ -443,12 +443,8 @@ def trips_per_entry(loop: Loop, launch: dict, layer_tokens: int, layer_joints: i
         total = 2 * key_tile * (padded["dk"] - dims["dk"] + padded["dv"] - dims["dv"])
         return _per_warp_mean(warps, lambda t: math.ceil((total - t) / threads) if t < total else 0)
     # The forward's key chunks (csrc/temporal.cuh, TemporalForward): the start phase copies the
-    # first, the key_chunks loop each later one (its runs multiply these).
-    chunk = key_tile * launch["chunk_tiles"] if launch.get("chunk_tiles") else key_tile
-    if loop.name == "chunk_channels":  # for (c = warp; c < dims; c += warps)
-        channels = dims[loop.dims]
-        return sum(-(-(channels - w) // warps) for w in range(min(warps, channels))) / warps
-    # The tiles a chunk copy stages: the first chunk's, or (in the key_chunks loop) a later one's on average.
+    # first, the key_chunks loop each later one (its runs multiply these); a chunk copy stages the
+    # tiles that exist: the first chunk's, or (in the key_chunks loop) a later one's on average.
     staged = ((launch["tiles"] - first) / (key_chunks(launch) - 1) if loop.parent is not None and key_chunks(launch) > 1
               else first) if launch.get("chunk_tiles") else 1
     if loop.name == "chunk_items":  # for (item = warp; item < tiles * groups; item += warps)
@@ -458,8 +454,6 @@ def trips_per_entry(loop: Loop, launch: dict, layer_tokens: int, layer_joints: i
     if loop.name == "chunk_rows":  # for (row = thread; row < tiles * key_tile; row += threads)
         rows = math.ceil(staged * key_tile)
         return _per_warp_mean(warps, lambda t: math.ceil((rows - t) / threads) if t < rows else 0)
-    if loop.name == "pad_rows":  # for (row = thread; row < chunk; row += threads)
-        return _per_warp_mean(warps, lambda t: math.ceil((chunk - t) / threads) if t < chunk else 0)
     if loop.name == "stage_rows":  # a warp's 16 rows of the padded columns, 32 lanes, batch per trip
         return 16 * padded[loop.dims] / (32 * batch)
     if loop.name == "delta_channels":  # D = rowsum(dO ⊙ O), one row per lane of the first 16
