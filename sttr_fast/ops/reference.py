@@ -69,9 +69,12 @@ def drop_attention(probs: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _renormaliser(row_sums: torch.Tensor) -> torch.Tensor:
-    """The kept probabilities' row sums + 1e-8, in at least float32: in float16 the 1e-8 would
-    round to 0 and turn a row whose keys are all dropped into 0 / 0."""
-    return row_sums.to(torch.promote_types(row_sums.dtype, torch.float32)) + DROP_ATTENTION_EPS
+    """The kept probabilities' row sums + 1e-8, in their dtype where that holds 1e-8 (bfloat16,
+    float32, float64: dividing in bfloat16 spares casting the L x d numerator to float32 and
+    back), else in float32: in float16 the 1e-8 would round to 0 and turn a row whose keys are
+    all dropped into 0 / 0."""
+    holds_eps = torch.finfo(row_sums.dtype).tiny < DROP_ATTENTION_EPS
+    return row_sums.to(row_sums.dtype if holds_eps else torch.float32) + DROP_ATTENTION_EPS
 
 
 def sample_key_mask(shape: tuple[int, ...], p: float, device: torch.device,
@@ -81,11 +84,45 @@ def sample_key_mask(shape: tuple[int, ...], p: float, device: torch.device,
 
 
 def _head_views(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, order: tuple[int, ...]):
+    """q, k, v as (N', sequence, H, L, d) views of qkv. In eager autograd through
+    ``_HeadViewsGradient``: autograd's own backward of three slices would fill a zero tensor of
+    qkv's size per slice, copy each gradient into it (after a reshaping copy), add the three and
+    leave the sum in the contiguous layout, which a channels-last projection then copies again."""
+    if qkv.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _HeadViewsGradient.apply(qkv, num_heads, dk, dv, order)
+    return _slices(qkv, num_heads, dk, dv, order)
+
+
+def _slices(qkv: torch.Tensor, num_heads: int, dk: int, dv: int, order: tuple[int, ...]):
     n, _, t, v = qkv.shape
     q = qkv[:, :dk].view(n, num_heads, dk // num_heads, t, v).permute(order)
     k = qkv[:, dk:2 * dk].view(n, num_heads, dk // num_heads, t, v).permute(order)
     val = qkv[:, 2 * dk:].view(n, num_heads, dv // num_heads, t, v).permute(order)
     return q, k, val
+
+
+class _HeadViewsGradient(torch.autograd.Function):
+    """``_slices`` whose backward writes the three gradients, each once, into one tensor laid
+    out as qkv (custom_ops.layout_like), which is what the projection's backward reads."""
+
+    @staticmethod
+    def forward(ctx, qkv, num_heads, dk, dv, order):
+        ctx.split = (num_heads, dk, dv, order)
+        # qkv's shape and strides, without keeping qkv.
+        ctx.like = torch.empty_strided(qkv.shape, qkv.stride(), dtype=qkv.dtype, device="meta")
+        ctx.device = qkv.device
+        return _slices(qkv, num_heads, dk, dv, order)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grad = layout_like(ctx.like, ctx.like.shape[1], ctx.like.dtype,
+                           lambda shape, dtype, _: torch.empty(shape, dtype=dtype, device=ctx.device))
+        for part, part_grad in zip(_slices(grad, *ctx.split), grads):
+            if part_grad is None:
+                part.zero_()
+            else:
+                part.copy_(part_grad)
+        return grad, None, None, None, None
 
 
 # How a core call computes: "explicit" (softmax(QK^T / sqrt(d)) V as written, the authors' way),
