@@ -122,6 +122,17 @@ def test_base_inheritance_and_override_order(tmp_path):
     assert config.data.frames == 12 and config.optim.clip_grad_norm == 2.0
 
 
+def test_floats_without_a_dot_are_floats_in_files_and_overrides(tmp_path):
+    """``1e-3`` is a float in YAML 1.2 but a string to PyYAML (YAML 1.1), which the type check
+    would then refuse; strings that only look close stay strings."""
+    (tmp_path / "config.yaml").write_text("optim:\n  lr: 1e-3\n  weight_decay: 5E-4\n")
+    config = load_config(tmp_path / "config.yaml", ["optim.clip_grad_norm=2e+1"])
+    assert (config.optim.lr, config.optim.weight_decay, config.optim.clip_grad_norm) == (1e-3, 5e-4, 20.0)
+    assert load_config(None, ["optim.lr=+1.5e-2"]).optim.lr == 0.015
+    with pytest.raises(ConfigError, match="optim.lr must be float, got '1e'"):
+        load_config(None, ["optim.lr=1e"])
+
+
 def test_step_batches_match_across_process_and_accumulation_layouts():
     single = list(StepBatches(50, 4, world_size=1, rank=0, accumulate=2, seed=3))
     rank0 = list(StepBatches(50, 4, world_size=2, rank=0, accumulate=1, seed=3))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -195,6 +196,20 @@ def _apply(instance, values: dict, prefix: str, where: str) -> None:
             setattr(instance, name, _coerce(key, value, hints[name], where))
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: as YAML 1.1, PyYAML reads a float without a
+    dot, such as ``lr: 1e-3`` or ``optim.lr=5e-4``, as a string."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The YAML mapping of ``path`` merged over its ``_base_`` file (relative to it), if any."""
     path = path.resolve()
@@ -204,7 +219,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = _load_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path} is not a text file, expected a YAML config") from error
     except yaml.YAMLError as error:
@@ -241,7 +256,7 @@ def parse_override(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), _load_yaml(raw)
     except yaml.YAMLError as error:
         raise ConfigError(f"override {text!r}: the value is not valid YAML: "
                           f"{_yaml_problem(error)}") from error
